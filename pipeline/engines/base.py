@@ -1,0 +1,89 @@
+"""The engine interface: a batch of chat requests in, n completions per request out.
+
+The sample stage knows nothing else about the engine. A request asks for `n` completions of
+one prompt, so an engine that can share the prompt's computation across samples (vLLM's
+`SamplingParams(n=k)`) does. A request the engine cannot serve (a prompt longer than the
+model's context, a server error that persists) comes back with `error` set instead of
+stopping the batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from pipeline.config import Config, SampleConfig
+
+
+@dataclass
+class Request:
+    key: str  # the problem id
+    messages: list[dict]  # chat messages: [{"role", "content"}, ...]
+    n: int
+    seed: int | None = None  # per-request seed; None where the engine is seeded instead
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str
+    completion_tokens: int
+    cumulative_logprob: float | None = None
+
+
+@dataclass
+class Result:
+    prompt_tokens: int = 0
+    completions: list[Completion] = field(default_factory=list)
+    error: str | None = None  # set when the request could not be served; completions empty
+
+
+class Engine:
+    """Base class: subclasses implement `generate`, and say who they are for fingerprints."""
+
+    name = "engine"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    @property
+    def model_name(self) -> str:
+        """What goes into every sample's `model` column."""
+        return self.cfg.model.path
+
+    @property
+    def seed(self) -> int:
+        """The engine-level seed recorded with samples that had no per-request seed."""
+        return self.cfg.run.seed
+
+    def identity(self) -> dict:
+        """Everything about the engine that changes its output (the stage fingerprint uses it)."""
+        return {"engine": self.name, "model": self.model_name}
+
+    def supports_request_seed(self) -> bool:
+        return False
+
+    def generate(self, requests: list[Request], params: SampleConfig, desc: str = "") -> list[Result]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def load_engine(cfg: Config) -> Engine:
+    """`sample.engine`: a built-in name (vllm) or `package.module:Class` of your own."""
+    spec = cfg.sample.engine
+    if spec == "vllm":
+        from pipeline.engines.vllm import VLLMEngine
+
+        return VLLMEngine(cfg)
+    if ":" not in spec:
+        raise ValueError(f"sample.engine: unknown engine {spec!r}; use 'vllm' or 'package.module:Class'")
+    module_name, _, cls_name = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"sample.engine: cannot load {spec!r}: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Engine)):
+        raise ValueError(f"sample.engine: {spec!r} is not a subclass of pipeline.engines.Engine")
+    return cls(cfg)

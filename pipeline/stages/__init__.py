@@ -1,0 +1,68 @@
+"""Stages: each reads the directory of the stage before it and writes its own.
+
+Every stage module has `run(cfg, iteration, force=False) -> manifest`. This file holds what
+they share: where each stage's directory is, how a 1:1 sharded stage opens its output and
+walks the input shards it has not finished yet, and the one-line summaries.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.config import Config
+from pipeline.store import StageReader, StageWriter
+
+STAGES = ["prepare", "sample", "verify", "dedup", "export"]
+OUTPUT = {"prepare": "problems", "sample": "samples", "verify": "verified", "dedup": "selected", "export": "export"}
+
+
+class InvariantError(RuntimeError):
+    """A row-count invariant broke at a stage boundary: a bug, never bad input."""
+
+
+def stage_dir(cfg: Config, iteration: int, stage: str) -> Path:
+    return cfg.iter_dir(iteration) / OUTPUT[stage]
+
+
+def reader(cfg: Config, iteration: int, stage: str) -> StageReader:
+    return StageReader(stage_dir(cfg, iteration, stage), stage)
+
+
+def open_writer(cfg: Config, iteration: int, stage: str, parts: dict, force: bool) -> StageWriter:
+    return StageWriter(stage_dir(cfg, iteration, stage), stage, parts, cfg.config_hash(), force=force)
+
+
+def pending(source: StageReader, writer: StageWriter) -> list[str]:
+    """Input shards whose output shard is not committed yet (resume skips the rest)."""
+    return [s["file"] for s in source.shards if not writer.is_done(s["file"])]
+
+
+def iter_pending(source: StageReader, names: list[str]) -> Iterator[tuple[str, object]]:
+    for name in names:
+        yield name, source.read_shard(name)
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise InvariantError(message)
+
+
+def up_to_date(stage: str, writer: StageWriter) -> dict:
+    writer.touch_success()
+    manifest = StageReader(writer.path).manifest
+    print(f"{stage}: up to date ({manifest['rows']} rows in {writer.path})", flush=True)
+    return manifest
+
+
+def summary(stage: str, text: str, started: float) -> None:
+    print(f"{stage}: {text} [{time.time() - started:.1f} s]", flush=True)
+
+
+def run_stage(name: str, cfg: Config, iteration: int, force: bool = False) -> dict:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    module = importlib.import_module(f"pipeline.stages.{name}")
+    return module.run(cfg, iteration, force=force)

@@ -1,0 +1,174 @@
+"""export: fine-tuning-ready train/validation shards, a dataset card, and the run's funnel.
+
+Rows are split by problem id (a problem's rationales never sit in both splits). Shards are
+named `train-00000-of-00002.parquet` and the card's YAML `configs` lets
+`datasets.load_dataset(export_dir)` load both splits. `stats.json` holds the funnel
+(problems -> samples -> correct -> kept -> exported) and every problem's pass rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import Counter, defaultdict
+
+from pipeline import schema
+from pipeline.config import Config
+from pipeline.stages import check, open_writer, reader, summary, up_to_date
+from pipeline.store import atomic_write_bytes, atomic_write_json
+
+SPLITS = ("train", "validation")
+
+
+def split_of(problem_id: str, validation_fraction: float) -> str:
+    h = int.from_bytes(hashlib.sha256(problem_id.encode()).digest()[:8], "big") / 2**64
+    return "validation" if h < validation_fraction else "train"
+
+
+def shard_name(split: str, i: int, total: int) -> str:
+    return f"{split}-{i:05d}-of-{total:05d}.parquet"
+
+
+def to_export_row(row: dict, iteration: int, task: str) -> dict:
+    messages = json.loads(row["prompt"])
+    user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    return {
+        "messages": messages + [{"role": "assistant", "content": row["text"]}],
+        "prompt": user,
+        "completion": row["text"],
+        "problem_id": row["problem_id"],
+        "sample_idx": row["sample_idx"],
+        "answer": row["gold"],
+        "iteration": iteration,
+        "model": row["model"],
+        "task": task,
+        "verifier": row["verifier"],
+    }
+
+
+def dataset_card(cfg: Config, iteration: int, counts: dict, funnel: dict) -> str:
+    return f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: "train-*.parquet"
+  - split: validation
+    path: "validation-*.parquet"
+tags:
+- selfimprove
+- rejection-sampling
+---
+
+# {cfg.run.name} iteration {iteration}
+
+Chain-of-thought rationales sampled from `{cfg.model.path}` on task `{cfg.task.name}` and kept
+because a verifier accepted their final answer (rejection sampling), written by selfimprove.
+
+| split | rows |
+|---|---|
+| train | {counts['train']} |
+| validation | {counts['validation']} |
+
+Funnel: {funnel['problems']} problems -> {funnel['samples']} samples -> {funnel['correct']} correct
+-> {funnel['kept']} kept -> {funnel['exported']} exported.
+
+Columns: `messages` (chat turns; the user turn is the prompt as the model saw it, the assistant
+turn the rationale), `prompt`, `completion`, `problem_id`, `sample_idx`, `answer` (the gold
+answer the rationale reached), `iteration`, `model`, `task`, `verifier`.
+
+Load with `datasets.load_dataset("<this directory>")`. Config hash: `{cfg.config_hash()}`.
+"""
+
+
+def pass_rates(cfg: Config, iteration: int) -> tuple[dict, Counter]:
+    """Per problem: correct samples / samples; and verdict counts over the whole stage."""
+    verified = reader(cfg, iteration, "verify")
+    correct: dict[str, int] = defaultdict(int)
+    total: dict[str, int] = defaultdict(int)
+    statuses: Counter = Counter()
+    for _, t in verified.iter_shards(columns=["problem_id", "status"]):
+        for pid, status in zip(t["problem_id"].to_pylist(), t["status"].to_pylist()):
+            total[pid] += 1
+            correct[pid] += status == "correct"
+            statuses[status] += 1
+    return {pid: round(correct[pid] / total[pid], 4) for pid in total}, statuses
+
+
+def run(cfg: Config, iteration: int, force: bool = False) -> dict:
+    started = time.time()
+    problems = reader(cfg, iteration, "prepare")
+    samples = reader(cfg, iteration, "sample")
+    selected = reader(cfg, iteration, "dedup")
+    parts = {"input": selected.output_hash, "export": cfg.export.model_dump(mode="json"),
+             "task": cfg.task.name, "iteration": iteration}
+    with open_writer(cfg, iteration, "export", parts, force) as writer:
+        if writer.up_to_date:
+            return up_to_date("export", writer)
+        frac = cfg.export.validation_fraction
+        counts = Counter()
+        for _, t in selected.iter_shards(columns=["problem_id"]):
+            counts.update(split_of(pid, frac) for pid in t["problem_id"].to_pylist())
+        totals = {s: max(1, math.ceil(counts[s] / cfg.export.rows_per_shard)) for s in SPLITS}
+        buffers: dict[str, list[dict]] = {s: [] for s in SPLITS}
+        written = {s: 0 for s in SPLITS}
+        names: list[str] = []
+
+        def flush(split: str) -> None:
+            name = shard_name(split, written[split], totals[split])
+            if not writer.is_done(name):  # deterministic content: a resumed export keeps its shards
+                writer.write_shard(name, schema.table(buffers[split], schema.EXPORT))
+            names.append(name)
+            written[split] += 1
+            buffers[split] = []
+
+        for _, t in selected.iter_shards():
+            for row in t.to_pylist():
+                split = split_of(row["problem_id"], frac)
+                buffers[split].append(to_export_row(row, iteration, cfg.task.name))
+                if len(buffers[split]) >= cfg.export.rows_per_shard:
+                    flush(split)
+        for split in SPLITS:
+            if buffers[split] or written[split] == 0:
+                flush(split)  # an empty split still gets one (empty) shard, so both splits load
+        check(all(written[s] == totals[s] for s in SPLITS), f"export: wrote {written} shards, expected {totals}")
+        exported = sum(writer.done[n]["rows"] for n in names)
+        check(exported == selected.rows, f"export: {exported} rows exported for {selected.rows} selected")
+
+        rates, statuses = pass_rates(cfg, iteration)
+        funnel = {
+            "problems": problems.rows,
+            "rejected_inputs": problems.manifest["rejects"],
+            "samples": samples.rows,
+            "correct": statuses.get("correct", 0),
+            "kept": selected.rows,
+            "exported": exported,
+        }
+        stats = {
+            "funnel": funnel,
+            "verdicts": dict(statuses),
+            "splits": {s: counts[s] for s in SPLITS},
+            "problems_solved": sum(1 for r in rates.values() if r > 0),
+            "mean_pass_rate": round(sum(rates.values()) / len(rates), 4) if rates else 0.0,
+            "pass_rates": rates,
+        }
+        atomic_write_json(writer.path / "stats.json", stats)
+        atomic_write_bytes(writer.path / "README.md", dataset_card(cfg, iteration, counts, funnel).encode())
+        manifest = writer.finish(names, stats={"funnel": funnel, "splits": stats["splits"]})
+    summary("export", f"{exported} rows ({counts['train']} train, {counts['validation']} validation) in {writer.path}", started)
+    return manifest
+
+
+def print_funnel(manifest: dict) -> None:
+    f = manifest["stats"]["funnel"]
+    steps = [("problems", f["problems"]), ("samples", f["samples"]), ("correct", f["correct"]),
+             ("kept", f["kept"]), ("exported", f["exported"])]
+    width = max(len(k) for k, _ in steps)
+    print("\nfunnel")
+    for k, v in steps:
+        share = f"{v / f['samples']:7.1%} of samples" if f["samples"] and k != "problems" else ""
+        print(f"  {k:<{width}}  {v:>8}  {share}")
+    if f["rejected_inputs"]:
+        print(f"  ({f['rejected_inputs']} input rows rejected: see problems/_rejects.parquet)")

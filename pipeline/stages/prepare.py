@@ -1,0 +1,179 @@
+"""prepare: any problem source -> the problems table (stable id, question, gold answer, metadata).
+
+Every source row either becomes a problem or lands in `_rejects.parquet` with the field and
+the reason, so a bad row never stops the run and never vanishes. Exact-duplicate questions
+are collapsed into the first one and counted (and listed among the rejects, so they can be
+found).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+from pipeline import schema
+from pipeline.config import Config
+from pipeline.stages import check, open_writer, summary, up_to_date
+from pipeline.store import part_name
+from pipeline.tasks import get_task
+
+RAW_LIMIT = 500
+
+
+def _clip(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    text = text[:RAW_LIMIT]
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _bad_text(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains NUL bytes"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (lone surrogate)"
+    return None
+
+
+def validate_question(question, max_chars: int) -> str:
+    if question is None:
+        raise ValueError("question: missing (null)")
+    if not isinstance(question, str):
+        raise ValueError(f"question: expected text, got {type(question).__name__}")
+    if not question.strip():
+        raise ValueError("question: empty")
+    if len(question) > max_chars:
+        raise ValueError(f"question: {len(question)} characters exceeds task.max_question_chars={max_chars}")
+    bad = _bad_text(question)
+    if bad:
+        raise ValueError(f"question: {bad}")
+    return question.strip()
+
+
+def validate_answer(answer) -> str:
+    if answer is None:
+        raise ValueError("answer: missing (null)")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise ValueError(f"answer: expected text or a number, got {type(answer).__name__}")
+    if isinstance(answer, float):
+        if not math.isfinite(answer):
+            raise ValueError(f"answer: not a finite number ({answer})")
+        answer = str(int(answer)) if answer.is_integer() else repr(answer)
+    answer = str(answer).strip()
+    if not answer:
+        raise ValueError("answer: empty")
+    if len(answer) > 1000:
+        raise ValueError(f"answer: {len(answer)} characters is too long for a final answer")
+    bad = _bad_text(answer)
+    if bad:
+        raise ValueError(f"answer: {bad}")
+    return answer
+
+
+def _normalise(question: str) -> str:
+    return re.sub(r"\s+", " ", question).strip().lower()
+
+
+def problem_id(task: str, source_id, question: str) -> str:
+    """The source's own id when it has one, else a hash of the question: stable across reruns."""
+    if source_id is not None and str(source_id).strip():
+        return str(source_id).strip()
+    return f"{task}-{hashlib.sha1(_normalise(question).encode()).hexdigest()[:12]}"
+
+
+def _source_identity(path: str | None) -> dict:
+    """Size and mtime of local inputs, so an edited file re-prepares; hub ids by name."""
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.exists():
+        return {"hub_id": path}
+    files = sorted(p.rglob("*")) if p.is_dir() else [p]
+    return {str(f): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()}
+
+
+def run(cfg: Config, iteration: int, force: bool = False) -> dict:
+    started = time.time()
+    parts = {
+        "task": cfg.task.model_dump(mode="json", exclude={"prompt"}),
+        "source": _source_identity(cfg.task.path),
+        "problems_per_shard": cfg.run.problems_per_shard,
+    }
+    with open_writer(cfg, iteration, "prepare", parts, force) as writer:
+        if writer.up_to_date:
+            return up_to_date("prepare", writer)
+        task = get_task(cfg.task)
+        per_shard = cfg.run.problems_per_shard
+        seen_questions: dict[str, str] = {}
+        seen_ids: set[str] = set()
+        buffer: list[dict] = []
+        rejects: list[dict] = []
+        names: list[str] = []
+        counts = {"source_rows": 0, "problems": 0, "rejected": 0, "duplicates": 0}
+
+        def reject(index, pid, reason, raw):
+            rejects.append({"stage": "prepare", "source_index": index, "problem_id": pid, "reason": reason, "raw": _clip(raw)})
+
+        def flush():
+            name = part_name(len(names))
+            table = schema.table(buffer, schema.PROBLEMS)
+            writer.write_shard(name, table, schema.table(rejects, schema.REJECTS))
+            names.append(name)
+            counts["problems"] += len(buffer)
+            counts["rejected"] += len(rejects)
+            buffer.clear()
+            rejects.clear()
+
+        for row in task.rows():
+            counts["source_rows"] += 1
+            if row.error is not None:
+                reject(row.index, None, row.error, row.raw)
+                continue
+            try:
+                item = task.to_problem(row.data)
+                question = validate_question(item.question, cfg.task.max_question_chars)
+                answer = validate_answer(item.answer)
+                pid = problem_id(task.name, item.id, question)
+                metadata = json.dumps(item.metadata or {}, default=str, ensure_ascii=False)
+                bad = _bad_text(metadata) or _bad_text(pid)
+                if bad:
+                    raise ValueError(f"metadata or id {bad}")
+            except ValueError as e:
+                reject(row.index, None, str(e), row.data)
+                continue
+            key = _normalise(question)
+            if key in seen_questions:
+                counts["duplicates"] += 1
+                reject(row.index, pid, f"duplicate question: collapsed into problem {seen_questions[key]}", question)
+                continue
+            if pid in seen_ids:
+                reject(row.index, pid, f"problem_id: duplicate id {pid!r} with a different question", row.data)
+                continue
+            seen_questions[key] = pid
+            seen_ids.add(pid)
+            buffer.append(
+                {"problem_id": pid, "task": task.name, "question": question, "answer": answer,
+                 "source_index": row.index, "metadata": metadata}
+            )
+            if len(buffer) >= per_shard:
+                flush()
+        if buffer or rejects or not names:
+            flush()
+        check(
+            counts["problems"] + counts["rejected"] == counts["source_rows"],
+            f"prepare: {counts['source_rows']} source rows but {counts['problems']} problems + {counts['rejected']} rejects",
+        )
+        manifest = writer.finish(names, stats=counts)
+    summary(
+        "prepare",
+        f"{counts['source_rows']} source rows -> {counts['problems']} problems in {len(names)} shards; "
+        f"{counts['rejected']} rejected ({counts['duplicates']} duplicate questions)"
+        + (f", see {writer.path / '_rejects.parquet'}" if counts["rejected"] else ""),
+        started,
+    )
+    return manifest

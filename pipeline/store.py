@@ -1,0 +1,271 @@
+"""Sharded Parquet I/O: atomic shard commit, manifest, resume.
+
+A stage directory holds `part-NNNNN.parquet` shards, `_progress.jsonl` (one line per committed
+shard: name, rows, sha256), `_fingerprint.json` (what the output depends on, written before
+any shard), `_rejects.parquet`, `_manifest.json` and `_SUCCESS`, written last.
+
+A shard is written under a temporary name, fsynced and renamed into place, then journalled,
+so a crash leaves whole shards or nothing. A rerun keeps every journalled shard whose bytes
+still match their checksum and redoes the rest. A rerun with a different fingerprint refuses
+unless forced, so outputs of two configs are never mixed. Readers verify checksums, so a
+corrupted shard is never read as data.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import hashlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import __version__
+from pipeline.config import digest
+from pipeline.schema import REJECTS
+
+SUCCESS = "_SUCCESS"
+MANIFEST = "_manifest.json"
+FINGERPRINT = "_fingerprint.json"
+PROGRESS = "_progress.jsonl"
+REJECTS_FILE = "_rejects.parquet"
+REJECTS_DIR = "_rejects"
+LOCK = ".lock"
+
+
+class StoreError(RuntimeError):
+    """A problem with a stage directory, phrased for the user."""
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
+class StageWriter:
+    """Writes one stage directory; holds its lock from construction until close()."""
+
+    def __init__(self, path: Path, stage: str, fingerprint: dict, config_hash: str, force: bool = False):
+        self.path = Path(path)
+        self.stage = stage
+        self.fingerprint = fingerprint
+        self.fingerprint_hash = digest(fingerprint)
+        self.config_hash = config_hash
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise StoreError(
+                f"{self.path} is being written by another process (lock held); "
+                "wait for it to finish or stop it first"
+            ) from None
+        self.up_to_date = False
+        self.done: dict[str, dict] = {}
+        self.dropped: list[str] = []
+        self._open(force)
+
+    # -- opening and resume -------------------------------------------------------------
+    def _open(self, force: bool) -> None:
+        fp_file = self.path / FINGERPRINT
+        if fp_file.exists():
+            old = json.loads(fp_file.read_text())
+            if old.get("hash") != self.fingerprint_hash:
+                if not force:
+                    changed = _changed(old.get("parts", {}), self.fingerprint)
+                    raise StoreError(
+                        f"{self.path} was built from a different input or config "
+                        f"(changed: {', '.join(changed) or 'unknown'}); rerun with --force to rebuild it, "
+                        "or use another run.dir"
+                    )
+                self._wipe()
+            elif (self.path / SUCCESS).exists() and self._complete_and_intact():
+                self.up_to_date = True
+                return
+        (self.path / SUCCESS).unlink(missing_ok=True)
+        atomic_write_json(fp_file, {"hash": self.fingerprint_hash, "parts": self.fingerprint})
+        self._load_progress()
+
+    def _wipe(self) -> None:
+        for child in self.path.iterdir():
+            if child.name == LOCK:
+                continue
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    def _complete_and_intact(self) -> bool:
+        try:
+            manifest = json.loads((self.path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return False
+        for shard in manifest.get("shards", []):
+            f = self.path / shard["file"]
+            if not f.exists() or sha256(f.read_bytes()) != shard["sha256"]:
+                return False
+        return True
+
+    def _load_progress(self) -> None:
+        journal = self.path / PROGRESS
+        if not journal.exists():
+            return
+        for line in journal.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a torn last line from a crash: that shard is simply redone
+            f = self.path / entry["file"]
+            if f.exists() and sha256(f.read_bytes()) == entry["sha256"]:
+                self.done[entry["file"]] = entry
+            else:
+                self.dropped.append(entry["file"])
+                self.done.pop(entry["file"], None)
+
+    # -- writing --------------------------------------------------------------------------
+    def is_done(self, name: str) -> bool:
+        return name in self.done
+
+    def write_shard(self, name: str, table: pa.Table, rejects: pa.Table | None = None, **extra) -> dict:
+        """Commit one shard atomically (its rejects first), then journal it."""
+        if rejects is not None and rejects.num_rows:
+            (self.path / REJECTS_DIR).mkdir(exist_ok=True)
+            atomic_write_bytes(self.path / REJECTS_DIR / name, table_bytes(rejects.cast(REJECTS)))
+        else:
+            (self.path / REJECTS_DIR / name).unlink(missing_ok=True)
+        data = table_bytes(table)
+        atomic_write_bytes(self.path / name, data)
+        entry = {"file": name, "rows": table.num_rows, "sha256": sha256(data), **extra}
+        with open(self.path / PROGRESS, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[name] = entry
+        return entry
+
+    def finish(self, expected: list[str], stats: dict | None = None) -> dict:
+        """Write _rejects.parquet, _manifest.json, then _SUCCESS. `expected`: every shard name."""
+        missing = [n for n in expected if n not in self.done]
+        if missing:
+            raise StoreError(f"{self.path}: shards missing at finish: {missing[:5]}")
+        rejects = [pq.read_table(p) for p in sorted((self.path / REJECTS_DIR).glob("*.parquet"))]
+        rejects_table = pa.concat_tables(rejects) if rejects else REJECTS.empty_table()
+        atomic_write_bytes(self.path / REJECTS_FILE, table_bytes(rejects_table))
+        shards = [self.done[n] for n in expected]
+        manifest = {
+            "stage": self.stage,
+            "fingerprint": self.fingerprint_hash,
+            "fingerprint_parts": self.fingerprint,
+            "config_hash": self.config_hash,
+            "code_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "rows": sum(s["rows"] for s in shards),
+            "rejects": rejects_table.num_rows,
+            "shards": shards,
+            "output_hash": digest([s["sha256"] for s in shards]),
+            "stats": stats or {},
+        }
+        atomic_write_json(self.path / MANIFEST, manifest)
+        atomic_write_bytes(self.path / SUCCESS, b"")
+        return manifest
+
+    def touch_success(self) -> None:
+        """Mark an up-to-date stage fresh again, so make sees it as newer than its config."""
+        os.utime(self.path / SUCCESS)
+
+    def close(self) -> None:
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def __enter__(self) -> "StageWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class StageReader:
+    """Reads a finished stage directory, verifying every shard's checksum."""
+
+    def __init__(self, path: Path, stage: str | None = None):
+        self.path = Path(path)
+        if not (self.path / SUCCESS).exists():
+            what = f"the {stage} stage" if stage else "the previous stage"
+            raise StoreError(f"{self.path} is not finished (no {SUCCESS}); run {what} first")
+        self.manifest = json.loads((self.path / MANIFEST).read_text())
+
+    @property
+    def shards(self) -> list[dict]:
+        return self.manifest["shards"]
+
+    @property
+    def rows(self) -> int:
+        return self.manifest["rows"]
+
+    @property
+    def output_hash(self) -> str:
+        return self.manifest["output_hash"]
+
+    def read_shard(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        entry = next((s for s in self.shards if s["file"] == name), None)
+        if entry is None:
+            raise StoreError(f"{self.path}: no shard {name} in the manifest")
+        data = (self.path / name).read_bytes()
+        if sha256(data) != entry["sha256"]:
+            raise StoreError(
+                f"{self.path / name} does not match its checksum (corrupted or changed on disk); "
+                f"rerun the stage that wrote it with --force"
+            )
+        return pq.read_table(pa.BufferReader(data), columns=columns)
+
+    def iter_shards(self, columns: list[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
+        for s in self.shards:
+            yield s["file"], self.read_shard(s["file"], columns)
+
+    def read_all(self, columns: list[str] | None = None) -> pa.Table:
+        """Every shard as one table: for small stages and tests; big ones iterate shards."""
+        return pa.concat_tables([t for _, t in self.iter_shards(columns)])
+
+    def rejects(self) -> pa.Table:
+        return pq.read_table(self.path / REJECTS_FILE)

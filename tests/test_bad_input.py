@@ -1,0 +1,48 @@
+"""Broken problem rows end in _rejects.parquet with a reason; the good rows go through."""
+
+import json
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.stages import reader
+
+
+def _broken_corpus(path):
+    good = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(1, 6)]
+    lines = [json.dumps(g).encode() for g in good]
+    lines += [
+        json.dumps({"answer": "3"}).encode(),                              # missing question
+        json.dumps({"question": None, "answer": "3"}).encode(),            # null question
+        json.dumps({"question": "   ", "answer": "3"}).encode(),           # empty question
+        json.dumps({"question": "What is 1 + 2?", "answer": ""}).encode(), # empty answer
+        json.dumps({"question": "What is 1 + 3?", "answer": None}).encode(),  # null answer
+        json.dumps({"question": "x" * (1 << 20), "answer": "1"}).encode(), # 1 MB question
+        b'{"question": "What is \xff\xfe?", "answer": "1"}',                 # invalid UTF-8
+        json.dumps({"question": 12345, "answer": "1"}).encode(),           # wrong type
+        json.dumps({"question": ["a", "list"], "answer": "1"}).encode(),   # wrong type
+        json.dumps({"question": "What is 9 + 9?", "answer": {"a": 1}}).encode(),  # wrong answer type
+        b'{"question": "truncated',                                        # malformed JSON
+        b'[1, 2, 3]',                                                      # not an object
+        json.dumps({"question": "What is 1 + 1?", "answer": "2"}).encode(),  # duplicate of row 0
+        json.dumps({"question": "Has a NUL \u0000 byte", "answer": "1"}).encode(),
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return len(good), len(lines) - len(good)
+
+
+def test_bad_rows_go_to_rejects_with_reasons(fake_config, tmp_path):
+    n_good, n_bad = _broken_corpus(tmp_path / "broken.jsonl")
+    path = fake_config(task={"name": "columns", "path": str(tmp_path / "broken.jsonl")})
+    assert main(["run", "--config", str(path)]) == 0
+    cfg = load_config(path)
+    problems = reader(cfg, 1, "prepare")
+    assert problems.rows == n_good
+    rejects = problems.rejects().to_pylist()
+    assert len(rejects) == n_bad
+    assert all(r["reason"] and r["stage"] == "prepare" for r in rejects)
+    reasons = " | ".join(r["reason"] for r in rejects)
+    for expected in ["question: missing", "question: empty", "answer: empty", "answer: missing",
+                     "max_question_chars", "UTF-8", "expected text", "malformed JSON", "duplicate question", "NUL"]:
+        assert expected in reasons, f"no reject says {expected!r}: {reasons}"
+    assert {r["source_index"] for r in rejects} == set(range(n_good, n_good + n_bad))
+    assert reader(cfg, 1, "export").rows > 0, "the good rows go all the way through"

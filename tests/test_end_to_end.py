@@ -1,0 +1,54 @@
+"""End to end on the real vLLM engine and the embedded default model (CPU), offline."""
+
+import json
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.stages import reader, stage_dir
+from tests.conftest import SHARED, selfimprove, write_config
+
+pytestmark = pytest.mark.engine
+
+
+def _check_export(cfg):
+    import datasets
+
+    export = stage_dir(cfg, 1, "export")
+    ds = datasets.load_dataset(str(export))
+    assert "messages" in ds["train"].column_names
+    verdicts = {(r["problem_id"], r["sample_idx"]): r for r in reader(cfg, 1, "verify").read_all().to_pylist()}
+    for split in ds.values():
+        for row in split:
+            v = verdicts[(row["problem_id"], row["sample_idx"])]
+            assert v["status"] == "correct" and row["completion"] == v["text"]
+            assert row["messages"][-1] == {"role": "assistant", "content": v["text"]}
+    return json.loads((export / "stats.json").read_text())["funnel"]
+
+
+def test_default_model_arithmetic(tmp_path):
+    config = write_config(tmp_path / "c.yaml", {
+        "run": {"dir": str(tmp_path / "run"), "problems_per_shard": 4},
+        "task": {"name": "arithmetic", "arithmetic": {"count": 8}},
+        "sample": {"n": 2, "max_tokens": 160},
+    })
+    out = selfimprove("run", "--config", config).stdout
+    assert "funnel" in out
+    cfg = load_config(config)
+    funnel = _check_export(cfg)
+    assert funnel["problems"] == 8 and funnel["samples"] == 16
+    samples = reader(cfg, 1, "sample").read_all().to_pylist()
+    assert all(s["text"] and s["completion_tokens"] > 0 and s["model"] for s in samples)
+    assert {s["finish_reason"] for s in samples} <= {"stop", "length"}
+
+
+def test_gsm8k_from_shared_data(tmp_path):
+    config = write_config(tmp_path / "c.yaml", {
+        "run": {"dir": str(tmp_path / "run")},
+        "task": {"name": "gsm8k", "path": str(SHARED / "gsm8k" / "test.jsonl"), "limit": 10},
+        "sample": {"n": 2, "max_tokens": 160},
+    })
+    selfimprove("run", "--config", config)
+    cfg = load_config(config)
+    funnel = _check_export(cfg)
+    assert funnel["problems"] == 10 and funnel["samples"] == 20
