@@ -52,7 +52,7 @@ class ArithmeticConfig(Strict):
     count: int = Field(128, ge=1, description="number of problems to generate")
     min_steps: int = Field(1, ge=1, le=8)
     max_steps: int = Field(2, ge=1, le=8)
-    max_digits: int = Field(2, ge=1, le=6)
+    max_digits: int = Field(1, ge=1, le=6)
     seed_offset: int = Field(0, ge=0, description="shifts the generator's seed range (held-out sets use another)")
 
     @model_validator(mode="after")

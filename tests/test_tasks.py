@@ -73,7 +73,7 @@ def test_arithmetic_answers_match_the_text(arith):
 def test_arithmetic_is_pinned():
     # Resumed runs and held-out sets rely on problem j being the same in every process and
     # version; a change here silently changes every run's problems.
-    first = arithmetic_rows(count=1)[0].data
+    first = arithmetic_rows(count=1, max_digits=2)[0].data
     assert first == {
         "id": "arith-0",
         "question": "Chloe has 82 marbles. She finds 6 more marbles. How many marbles does Chloe have now?",
@@ -102,7 +102,7 @@ def test_arithmetic_seed_offset():
 
 
 def test_arithmetic_to_problem():
-    task = get_task(TaskConfig())
+    task = get_task(TaskConfig(arithmetic={"max_digits": 2}))
     assert task.default_verifier == "numeric"
     row = next(iter(task.rows()))
     p = task.to_problem(row.data)

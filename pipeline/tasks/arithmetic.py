@@ -88,10 +88,9 @@ def make_problem(j: int, min_steps: int, max_steps: int, max_digits: int) -> dic
 class ArithmeticTask(Task):
     name = "arithmetic"
     default_verifier = "numeric"
-    default_user_prompt = (
-        'Solve the problem. Think step by step, then end with "The answer is N." where N is a number.'
-        "\n\nQuestion: {question}"
-    )
+    # Measured on SmolLM2-135M-Instruct: this short form gets ~13% of samples right on the
+    # default mix; "where N is a number" phrasings made it write "The answer is N" literally.
+    default_user_prompt = '{question}\nThink step by step. Finish with "The answer is <number>."'
 
     def rows(self) -> Iterator[SourceRow]:
         a = self.cfg.arithmetic

@@ -1,0 +1,298 @@
+"""Run a verifier over many samples in worker processes, with a hard wall-clock limit per item.
+
+Model output is hostile input: one answer can make a parser or sympy run for hours or eat all
+memory. So verification runs in separate processes, each with an address-space limit, and a
+worker that overruns its item's deadline is killed (SIGKILL) and replaced. Its item gets a
+"timeout" verdict, a worker that dies gets its item an "error" verdict, and everything else in
+the batch is verified as usual, results in input order.
+
+Workers come from the "forkserver" context, because the parent may hold a multithreaded
+inference engine that a plain fork would copy in a broken state. Each worker builds its own
+verifier from (spec, params): verifier objects are never pickled.
+
+Items go to a worker in chunks, and only to an idle worker, so a send never waits on a busy
+one. The worker writes each item's verdicts, stamped with the time it finished, to a results
+pipe as soon as the item is done; the next item's deadline starts at that stamp, so every item
+gets the full limit to itself. The parent does not sleep on that pipe: it wakes when a worker
+finishes a chunk (a "done" note on the task pipe), at a deadline, or every POLL_S to read
+results. Waking a sleeping process costs tens of microseconds, more than verifying a number,
+so a wake-up per item would make the parent the bottleneck.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import signal
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import wait
+from typing import Callable
+
+from verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, get_verifier
+from verifiers.extract import clean_text
+
+MAX_CHUNK = 32  # samples per chunk, at most
+POLL_S = 0.05  # while workers are busy, read their results this often (a full pipe would stall them)
+START_TIMEOUT_S = 120.0  # a worker that is not ready by then is broken, not slow
+
+
+def _worker_main(tasks, results, spec: str, params: dict | None, memory_limit_mb: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if memory_limit_mb:
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = memory_limit_mb * 1024 * 1024
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        verifier = get_verifier(spec, params)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises
+        tasks.send(("init_error", f"{type(e).__name__}: {e}"))
+        return
+    tasks.send(("ready", None))
+    while True:
+        try:
+            chunk = tasks.recv()
+        except EOFError:
+            return
+        if chunk is None:
+            return
+        for task_id, problem, samples in chunk:
+            verdicts = _run(verifier, problem, samples)
+            results.send((task_id, verdicts, time.monotonic()))  # CLOCK_MONOTONIC: the parent's clock too
+        tasks.send(("done", None))
+
+
+def _run(verifier: Verifier, problem: dict, samples: list[dict]) -> list[tuple]:
+    """Verdicts of one task as plain tuples; anything the verifier raises becomes an error verdict."""
+    try:
+        if verifier.group:
+            verdicts = verifier.verify_group(problem, samples)
+        else:
+            verdicts = [verifier.verify(problem, samples[0])]
+        if not isinstance(verdicts, list) or len(verdicts) != len(samples):
+            raise TypeError(f"verifier gave {type(verdicts).__name__} for {len(samples)} samples, not a list of Verdicts")
+        bad = next((v for v in verdicts if not isinstance(v, Verdict)), None)
+        if bad is not None:
+            raise TypeError(f"verifier returned {type(bad).__name__}, not a Verdict")
+        return [
+            (v.status, float(v.score), None if v.extracted is None else clean_text(str(v.extracted)[:MAX_ANSWER_CHARS]),
+             clean_text(clip(str(v.reason), 500)))
+            for v in verdicts
+        ]
+    except BaseException as e:  # noqa: BLE001 - includes MemoryError, RecursionError, SystemExit
+        try:
+            detail = f"{type(e).__name__}: {e}"
+        except BaseException:  # noqa: BLE001 - even str(e) can fail on hostile input
+            detail = type(e).__name__
+        return [("error", 0.0, None, clean_text(clip(f"verifier raised {detail}", 300)))] * len(samples)
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"worker died: killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            pass
+    return f"worker died: exit code {exitcode}"
+
+
+class _Worker:
+    def __init__(self, ctx, spec: str, params: dict | None, memory_limit_mb: int):
+        self.tasks, tasks_child = ctx.Pipe()  # chunks down; "ready", "init_error", "done" up
+        self.results, results_child = ctx.Pipe(duplex=False)  # per-item verdicts up
+        self.proc = ctx.Process(target=_worker_main, args=(tasks_child, results_child, spec, params, memory_limit_mb),
+                                daemon=True)
+        self.proc.start()
+        tasks_child.close()
+        results_child.close()
+        self.ready = False
+        self.started = time.monotonic()
+        self.queue: deque[int] = deque()  # task ids sent to it and not yet reported, in order
+        self.head_started = 0.0  # when queue[0] started
+
+    def ask_to_exit(self) -> None:
+        try:
+            self.tasks.send(None)
+        except OSError:
+            pass
+
+    def stop(self, grace_s: float = 0.0) -> None:
+        self.proc.join(grace_s)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.tasks.close()
+        self.results.close()
+
+
+class VerifyPool:
+    """A pool of verifier worker processes; use as a context manager or call close()."""
+
+    def __init__(self, spec: str, params: dict | None = None, workers: int = 0, timeout_s: float = 5.0,
+                 memory_limit_mb: int = 4096):
+        self.verifier = get_verifier(spec, params)  # a bad spec or params fails here, in the caller
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"workers must be an integer >= 0 (0 = one per CPU), got {workers!r}")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+            raise ValueError(f"timeout_s must be a number > 0, got {timeout_s!r}")
+        if isinstance(memory_limit_mb, bool) or not isinstance(memory_limit_mb, int) or memory_limit_mb < 0:
+            raise ValueError(f"memory_limit_mb must be an integer >= 0 (0 = no limit), got {memory_limit_mb!r}")
+        self.spec, self.params = spec, dict(params or {})
+        self.timeout_s = float(timeout_s)
+        self.memory_limit_mb = memory_limit_mb
+        self.workers = workers or _cpu_count()
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._pool: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __enter__(self) -> VerifyPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._stop_all(kill=False)
+
+    def _stop_all(self, kill: bool) -> None:
+        if not kill:
+            for w in self._pool:
+                w.ask_to_exit()
+        for w in self._pool:
+            w.stop(grace_s=0.0 if kill else 2.0)
+        self._pool = []
+
+    def verify(self, jobs: list[tuple[dict, list[dict]]], progress: Callable[[int], None] | None = None) -> list[list[Verdict]]:
+        """One verdict per sample of each (problem, samples) job, in input order."""
+        if self._closed:
+            raise RuntimeError("VerifyPool is closed")
+        with self._lock:
+            try:
+                return self._verify(jobs, progress)
+            except BaseException:
+                self._stop_all(kill=True)  # workers may hold half-done work; start clean next time
+                raise
+
+    def _verify(self, jobs, progress) -> list[list[Verdict]]:
+        results: list[list[Verdict | None]] = [[None] * len(samples) for _, samples in jobs]
+        if self.verifier.group:  # a task is (job, first sample, number of samples)
+            tasks = [(j, 0, len(samples)) for j, (_, samples) in enumerate(jobs) if samples]
+        else:
+            tasks = [(j, i, 1) for j, (_, samples) in enumerate(jobs) for i in range(len(samples))]
+        pending = deque(range(len(tasks)))
+        left = sum(n for _, _, n in tasks)  # samples without a verdict yet
+        while len(self._pool) < min(self.workers, len(tasks)):
+            self._pool.append(self._start())
+
+        def limit(task_id: int) -> float:
+            return self.timeout_s * tasks[task_id][2]
+
+        def finish(task_id: int, verdicts: list[Verdict]) -> int:
+            j, i, n = tasks[task_id]
+            results[j][i : i + n] = verdicts
+            return n
+
+        def collect(w: _Worker) -> tuple[int, bool]:
+            """Read the worker's reports: (samples finished, whether its pipes are still open)."""
+            done, is_open = 0, True
+            try:
+                while w.results.poll():
+                    task_id, verdicts, finished_at = w.results.recv()
+                    if w.queue and task_id == w.queue[0]:
+                        w.queue.popleft()
+                        w.head_started = finished_at
+                        done += finish(task_id, [Verdict(*v) for v in verdicts])
+            except (EOFError, OSError):
+                is_open = False
+            try:
+                while w.tasks.poll():
+                    kind, detail = w.tasks.recv()
+                    if kind == "ready":
+                        w.ready = True
+                    elif kind == "init_error":
+                        raise ValueError(f"verifier {self.spec!r} failed to start in a worker: {detail}")
+            except (EOFError, OSError):
+                is_open = False
+            return done, is_open
+
+        def replace(k: int, verdict: Verdict | None) -> int:
+            """Start a new worker in place of dead worker k. Its current item gets `verdict` (or,
+            with None, goes back in line with the rest of its chunk)."""
+            w = self._pool[k]
+            w.stop()
+            self._pool[k] = self._start()
+            if not w.queue:
+                return 0
+            task_id = w.queue.popleft()
+            pending.extendleft(reversed(w.queue))
+            if verdict is None:
+                pending.appendleft(task_id)
+                return 0
+            return finish(task_id, [verdict] * tasks[task_id][2])
+
+        while left:
+            now = time.monotonic()
+            for w in self._pool:  # hand out work to idle workers
+                if w.ready and not w.queue and pending:
+                    size = max(1, min(MAX_CHUNK, left // (2 * len(self._pool))))  # in samples
+                    chunk = [pending.popleft()]
+                    samples = tasks[chunk[0]][2]
+                    while pending and samples + tasks[pending[0]][2] <= size:
+                        samples += tasks[pending[0]][2]
+                        chunk.append(pending.popleft())
+                    w.queue.extend(chunk)
+                    w.head_started = now
+                    try:
+                        w.tasks.send([(t, jobs[tasks[t][0]][0], jobs[tasks[t][0]][1][tasks[t][1] : tasks[t][1] + tasks[t][2]])
+                                      for t in chunk])
+                    except OSError:  # died while idle: nothing was started, so nothing is lost
+                        pending.extendleft(reversed(w.queue))
+                        w.queue.clear()
+            deadlines = [min(now + POLL_S, w.head_started + limit(w.queue[0])) for w in self._pool if w.queue]
+            deadlines += [w.started + START_TIMEOUT_S for w in self._pool if not w.ready]
+            timeout = max(0.0, min(deadlines) - now) if deadlines else None
+            wait([w.tasks for w in self._pool] + [w.proc.sentinel for w in self._pool], timeout)
+
+            done = 0
+            for k, w in enumerate(self._pool):
+                alive = w.proc.is_alive()  # checked first: a dead worker's reports are all in its pipes
+                finished, pipes_open = collect(w)
+                done += finished
+                if not (alive and pipes_open):
+                    w.proc.join(1.0)
+                    done += collect(w)[0]  # reports written between the check and its death
+                    if not w.ready:
+                        raise RuntimeError(f"verifier worker exited before it was ready ({_death(w.proc.exitcode)}); "
+                                           f"see its traceback above (memory_limit_mb={self.memory_limit_mb})")
+                    done += replace(k, Verdict("error", 0.0, None, _death(w.proc.exitcode)))
+                elif w.queue and time.monotonic() >= w.head_started + limit(w.queue[0]):
+                    w.proc.kill()
+                    w.proc.join()
+                    done += collect(w)[0]  # it may have finished the item just before the kill
+                    if w.queue and time.monotonic() >= w.head_started + limit(w.queue[0]):
+                        done += replace(k, Verdict("timeout", 0.0, None, f"verification exceeded {limit(w.queue[0])} s"))
+                    else:
+                        done += replace(k, None)
+                elif not w.ready and time.monotonic() >= w.started + START_TIMEOUT_S:
+                    raise RuntimeError(f"verifier worker not ready after {START_TIMEOUT_S:.0f} s")
+            if done:
+                left -= done
+                if progress is not None:
+                    progress(done)
+        return results  # type: ignore[return-value]
+
+    def _start(self) -> _Worker:
+        return _Worker(self._ctx, self.spec, self.params, self.memory_limit_mb)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the CPUs this process may use, not all the machine has
+    except AttributeError:
+        return os.cpu_count() or 1
