@@ -107,3 +107,16 @@ def test_engine_failure_becomes_a_reject_not_a_crash(fake_config, tmp_path):
 def test_stage_before_its_input_exists_fails_clearly(fake_config, capsys):
     assert main(["verify", "--config", str(fake_config())]) == 1
     assert "not finished" in capsys.readouterr().err  # names the stage to run first
+
+
+def test_two_exports_load_their_own_rows(fake_config, tmp_path):
+    """`datasets` caches local folders by name: each export must still load its own rows."""
+    import datasets
+
+    loaded = []
+    for n in (2, 4):
+        cfg = _run_all(fake_config(run={"dir": str(tmp_path / f"run{n}")}), f"sample.n={n}")
+        ds = datasets.load_dataset(str(stage_dir(cfg, 1, "export")))
+        assert len(ds["train"]) + len(ds["validation"]) == reader(cfg, 1, "export").rows
+        loaded.append(sorted((r["problem_id"], r["sample_idx"]) for r in ds["train"]))
+    assert loaded[0] != loaded[1]

@@ -15,7 +15,7 @@ import time
 from collections import Counter, defaultdict
 
 from pipeline import schema
-from pipeline.config import Config
+from pipeline.config import Config, digest
 from pipeline.stages import check, open_writer, reader, summary, up_to_date
 from pipeline.store import atomic_write_bytes, atomic_write_json
 
@@ -48,16 +48,14 @@ def to_export_row(row: dict, iteration: int, task: str) -> dict:
     }
 
 
-def dataset_card(cfg: Config, iteration: int, counts: dict, funnel: dict) -> str:
+def dataset_card(cfg: Config, iteration: int, counts: dict, funnel: dict, content_hash: str) -> str:
+    # The config name carries the content hash: `datasets` caches a local folder by its name and
+    # config, so two exports both called "default" would load each other's cached rows.
+    # `datasets` cannot load an empty split, so only splits with rows are listed.
+    files = "".join(f'  - split: {s}\n    path: "{s}-*.parquet"\n' for s in SPLITS if counts[s])
+    configs = f"configs:\n- config_name: iter{iteration}-{content_hash}\n  default: true\n  data_files:\n{files}" if files else ""
     return f"""---
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: "train-*.parquet"
-  - split: validation
-    path: "validation-*.parquet"
-tags:
+{configs}tags:
 - selfimprove
 - rejection-sampling
 ---
@@ -111,7 +109,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
         counts = Counter()
         for _, t in selected.iter_shards(columns=["problem_id"]):
             counts.update(split_of(pid, frac) for pid in t["problem_id"].to_pylist())
-        totals = {s: max(1, math.ceil(counts[s] / cfg.export.rows_per_shard)) for s in SPLITS}
+        totals = {s: math.ceil(counts[s] / cfg.export.rows_per_shard) for s in SPLITS}
         buffers: dict[str, list[dict]] = {s: [] for s in SPLITS}
         written = {s: 0 for s in SPLITS}
         names: list[str] = []
@@ -131,8 +129,8 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
                 if len(buffers[split]) >= cfg.export.rows_per_shard:
                     flush(split)
         for split in SPLITS:
-            if buffers[split] or written[split] == 0:
-                flush(split)  # an empty split still gets one (empty) shard, so both splits load
+            if buffers[split]:
+                flush(split)
         check(all(written[s] == totals[s] for s in SPLITS), f"export: wrote {written} shards, expected {totals}")
         exported = sum(writer.done[n]["rows"] for n in names)
         check(exported == selected.rows, f"export: {exported} rows exported for {selected.rows} selected")
@@ -154,8 +152,9 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
             "mean_pass_rate": round(sum(rates.values()) / len(rates), 4) if rates else 0.0,
             "pass_rates": rates,
         }
+        content_hash = digest([writer.done[n]["sha256"] for n in names])[:12]
         atomic_write_json(writer.path / "stats.json", stats)
-        atomic_write_bytes(writer.path / "README.md", dataset_card(cfg, iteration, counts, funnel).encode())
+        atomic_write_bytes(writer.path / "README.md", dataset_card(cfg, iteration, counts, funnel, content_hash).encode())
         manifest = writer.finish(names, stats={"funnel": funnel, "splits": stats["splits"]})
     summary("export", f"{exported} rows ({counts['train']} train, {counts['validation']} validation) in {writer.path}", started)
     return manifest

@@ -74,7 +74,8 @@ def verify_table(table: pa.Table, problems: dict[str, dict], pool: VerifyPool, v
         p = problems[pid]
         problem = {"problem_id": pid, "question": p["question"], "answer": p["answer"],
                    "metadata": json.loads(p["metadata"] or "{}")}
-        jobs.append((problem, [rows[i] for i in idxs]))
+        # only what a verifier reads crosses the process boundary, not the prompt JSON
+        jobs.append((problem, [{k: rows[i][k] for k in ("sample_idx", "text", "finish_reason")} for i in idxs]))
     results = pool.verify(jobs, progress=progress)
     for (pid, idxs), verdicts in zip(groups.items(), results):
         check(len(verdicts) == len(idxs), f"verifier gave {len(verdicts)} verdicts for {len(idxs)} samples of {pid}")
