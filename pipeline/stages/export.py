@@ -167,7 +167,7 @@ def print_funnel(manifest: dict) -> None:
     width = max(len(k) for k, _ in steps)
     print("\nfunnel")
     for k, v in steps:
-        share = f"{v / f['samples']:7.1%} of samples" if f["samples"] and k != "problems" else ""
-        print(f"  {k:<{width}}  {v:>8}  {share}")
+        share = f"  {v / f['samples']:6.1%} of samples" if f["samples"] and k not in ("problems", "samples") else ""
+        print(f"  {k:<{width}}  {v:>8}{share}")
     if f["rejected_inputs"]:
         print(f"  ({f['rejected_inputs']} input rows rejected: see problems/_rejects.parquet)")
