@@ -33,6 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
         _common(sub.add_parser(stage, help=f"run the {stage} stage"))
     p = sub.add_parser("status", help="show each stage of an iteration: done, partial or missing")
     _common(p)
+    p = sub.add_parser("verifiers", help="list verifiers, or measure one on labelled cases")
+    vsub = p.add_subparsers(dest="verifiers_command", required=True)
+    vsub.add_parser("list", help="every verifier found, and where from")
+    c = vsub.add_parser("check", help="accuracy, precision and recall on a labelled JSONL file")
+    c.add_argument("--verifier", required=True, help="a registered name or package.module:Class")
+    c.add_argument("--cases", required=True, help="JSONL of {gold, pred, expected} or {problem, gold_answer, model_output, label}")
+    c.add_argument("--params", default="{}", help="verifier params as JSON")
+    c.add_argument("--workers", type=int, default=0)
+    c.add_argument("--timeout", type=float, default=5.0, help="hard limit per item, seconds")
+    c.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     p = sub.add_parser("model", help="prepare a model")
     p.add_argument("which", choices=["default"], help="default: convert the packaged SmolLM2-135M-Instruct once")
     p.add_argument("--target", default=None, help="output directory (default data/models/smollm2-135m-instruct)")
@@ -53,6 +63,21 @@ def status(cfg, iteration: int) -> None:
         print(f"  {stage:<8} {state}")
 
 
+def verifiers_command(args) -> int:
+    from verifiers import available_verifiers
+    from verifiers.check import check, format_report, load_cases
+
+    if args.verifiers_command == "list":
+        for name, where in available_verifiers().items():
+            print(f"{name:<16} {where}")
+        return 0
+    report = check(args.verifier, json.loads(args.params), load_cases(args.cases), args.workers, args.timeout)
+    print(format_report(report))
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "examples"}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -62,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             kwargs = {"target": args.target} if args.target else {}
             print(ensure_default_model(**kwargs))
             return 0
+        if args.command == "verifiers":
+            return verifiers_command(args)
         cfg = load_config(args.config, args.overrides)
         if args.iteration < 1:
             raise ConfigError("--iter must be 1 or more")

@@ -1,0 +1,85 @@
+"""Measure a verifier against labelled cases: accuracy, precision, recall, and the mistakes.
+
+Two JSONL forms are read: answer pairs `{gold, pred, expected}` (the prediction is handed to
+the verifier as a boxed final answer) and whole model outputs
+`{problem, gold_answer, model_output, label}` (extraction included). Rows with a non-empty
+`caveat` follow another library's conventions; they are reported apart, not mixed in.
+Every case runs through the same killable worker pool as the verify stage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from verifiers.pool import VerifyPool
+
+
+def load_cases(path: str | Path) -> list[dict]:
+    cases = []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if {"gold", "pred", "expected"} <= set(row):
+            problem = {"question": row.get("question", ""), "answer": str(row["gold"]), "metadata": {}}
+            sample = {"text": f"The final answer is $\\boxed{{{row['pred']} }}$", "finish_reason": "stop"}  # the space keeps a trailing backslash from eating the brace
+            expected = bool(row["expected"])
+        elif {"gold_answer", "model_output", "label"} <= set(row):
+            problem = {"question": row.get("problem", ""), "answer": str(row["gold_answer"]), "metadata": {}}
+            sample = {"text": row["model_output"], "finish_reason": "stop"}
+            expected = bool(row["label"])
+        else:
+            raise ValueError(f"{path} line {i}: needs {{gold, pred, expected}} or {{problem, gold_answer, model_output, label}}")
+        cases.append({"line": i, "problem": problem, "sample": sample, "expected": expected,
+                      "caveat": bool(row.get("caveat"))})
+    return cases
+
+
+def _metrics(results: list[tuple[dict, object]]) -> dict:
+    tp = sum(1 for c, v in results if c["expected"] and v.status == "correct")
+    fp = [c for c, v in results if not c["expected"] and v.status == "correct"]
+    fn = [c for c, v in results if c["expected"] and v.status != "correct"]
+    n = len(results)
+    return {
+        "n": n,
+        "accuracy": round((n - len(fp) - len(fn)) / n, 4) if n else 0.0,
+        "precision": round(tp / (tp + len(fp)), 4) if tp + len(fp) else 1.0,
+        "recall": round(tp / (tp + len(fn)), 4) if tp + len(fn) else 1.0,
+        "false_positives": len(fp),
+        "false_negatives": len(fn),
+    }
+
+
+def check(spec: str, params: dict | None, cases: list[dict], workers: int = 0, timeout_s: float = 5.0) -> dict:
+    started = time.time()
+    with VerifyPool(spec, params or {}, workers, timeout_s) as pool:
+        verdicts = [v[0] for v in pool.verify([(c["problem"], [c["sample"]]) for c in cases])]
+    seconds = time.time() - started
+    results = list(zip(cases, verdicts))
+    clean = [(c, v) for c, v in results if not c["caveat"]]
+    report = {"verifier": spec, **_metrics(clean), "all_rows": _metrics(results),
+              "caveat_rows": len(results) - len(clean), "seconds_per_item": round(seconds / max(1, len(cases)), 5)}
+    report["examples"] = [
+        {"line": c["line"], "kind": "false_positive" if v.status == "correct" else "false_negative",
+         "gold": c["problem"]["answer"], "extracted": v.extracted, "reason": v.reason, "caveat": c["caveat"]}
+        for c, v in results if (v.status == "correct") != c["expected"]
+    ][:20]
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        f"verifier {report['verifier']}: {report['n']} cases without a caveat "
+        f"({report['caveat_rows']} caveat rows reported apart)",
+        f"  accuracy {report['accuracy']:.1%}  precision {report['precision']:.1%}  recall {report['recall']:.1%}",
+        f"  false positives {report['false_positives']}  false negatives {report['false_negatives']}",
+        f"  all rows: accuracy {report['all_rows']['accuracy']:.1%}, "
+        f"{report['all_rows']['false_positives']} FP, {report['all_rows']['false_negatives']} FN",
+        f"  {report['seconds_per_item'] * 1000:.2f} ms per item (pool, wall clock)",
+    ]
+    for e in report["examples"]:
+        lines.append(f"  line {e['line']}: {e['kind']}{' (caveat)' if e['caveat'] else ''}: gold {e['gold']!r}, "
+                     f"extracted {e['extracted']!r}: {e['reason']}")
+    return "\n".join(lines)
