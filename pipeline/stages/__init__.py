@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib
 import time
 from pathlib import Path
-from typing import Iterator
-
 from pipeline.config import Config
 from pipeline.store import StageReader, StageWriter
 
@@ -38,11 +36,6 @@ def open_writer(cfg: Config, iteration: int, stage: str, parts: dict, force: boo
 def pending(source: StageReader, writer: StageWriter) -> list[str]:
     """Input shards whose output shard is not committed yet (resume skips the rest)."""
     return [s["file"] for s in source.shards if not writer.is_done(s["file"])]
-
-
-def iter_pending(source: StageReader, names: list[str]) -> Iterator[tuple[str, object]]:
-    for name in names:
-        yield name, source.read_shard(name)
 
 
 def check(condition: bool, message: str) -> None:
