@@ -39,7 +39,8 @@ class Result:
 
 
 class Engine:
-    """Base class: subclasses implement `generate`, and say who they are for fingerprints."""
+    """Base class: subclasses implement `generate`. The sample stage fingerprints the engine by
+    its config (`sample.engine`, the `model` section and the model files), not by asking it."""
 
     name = "engine"
 
@@ -55,10 +56,6 @@ class Engine:
     def seed(self) -> int:
         """The engine-level seed recorded with samples that had no per-request seed."""
         return self.cfg.run.seed
-
-    def identity(self) -> dict:
-        """Everything about the engine that changes its output (the stage fingerprint uses it)."""
-        return {"engine": self.name, "model": self.model_name}
 
     def supports_request_seed(self) -> bool:
         return False

