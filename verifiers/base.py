@@ -20,7 +20,7 @@ ENTRY_POINT_GROUP = "selfimprove.verifiers"
 MAX_ANSWER_CHARS = 1000  # a "final answer" longer than this is not an answer; kept out of reasons/tables
 
 # Modules of this package that are machinery, not verifiers.
-_NOT_VERIFIERS = {"base", "extract", "pool"}
+_NOT_VERIFIERS = {"base", "extract", "pool", "sandbox", "check"}
 _REGISTRY: dict[str, type[Verifier]] = {}
 _builtins_loaded = False
 
@@ -54,6 +54,12 @@ class Verifier:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "0"
     group: ClassVar[bool] = False  # True: needs all samples of a problem at once (verify_group)
+    # True: needs the generation engine (an LLM judge), so the verify stage runs it, not a pool
+    # worker; such a verifier offers judge_request(problem, sample) and parse_judgement(text).
+    uses_engine: ClassVar[bool] = False
+    # False for verifiers that judge without a gold answer (majority vote, unit tests in the
+    # problem row): then the prepare stage keeps problems that have none instead of rejecting them.
+    needs_gold: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs):
