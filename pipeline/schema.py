@@ -41,6 +41,9 @@ VERIFIED = pa.schema(
         ("score", pa.float64()),
         ("reason", pa.string()),
         ("verifier", pa.string()),
+        # true for STaR rationalization rows: sampled with the gold answer as a hint, stored
+        # (and exported) with the hint-free prompt; null/false for ordinary samples
+        ("rationalized", pa.bool_()),
     ]
 )
 
@@ -56,6 +59,7 @@ EXPORT = pa.schema(
         ("problem_id", pa.string()),
         ("sample_idx", pa.int32()),
         ("answer", pa.string()),
+        ("rationalized", pa.bool_()),
         ("iteration", pa.int32()),
         ("model", pa.string()),
         ("task", pa.string()),

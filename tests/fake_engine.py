@@ -4,7 +4,9 @@ Never a default or a fallback of the product: a config names it explicitly
 (`sample.engine: tests.fake_engine:FakeEngine`). Its output depends only on (problem, sample
 index, seed), so two runs give identical bytes, which lets tests compare a resumed run with
 an uninterrupted one. FAKE_ENGINE_DELAY (seconds per generate call) slows it down so a test
-can kill it mid-stage; a question containing "FAIL-ME" comes back as a failed request.
+can kill it mid-stage; a question containing "FAIL-ME" comes back as a failed request. Given
+a rationalization hint ("the correct answer is"), it always reaches the answer: odd samples
+by merely copying it ("The answer is N."), even ones with a rationale.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class FakeEngine(Engine):
                 p = task.to_problem(row.data)
             except ValueError:
                 continue
-            if isinstance(p.question, str):
+            if isinstance(p.question, str) and p.question.strip():
                 self.gold[p.question.strip()] = str(p.answer)
 
     @property
@@ -55,6 +57,12 @@ class FakeEngine(Engine):
                 continue
             gold = self.gold.get(question, "0")
             completions = []
+            if "the correct answer is" in req.messages[-1]["content"]:
+                for j in range(req.n):
+                    text = f"The answer is {gold}." if j % 2 else f"First I work it out step by step (try {j}).\nThe answer is {gold}."
+                    completions.append(Completion(text=text, finish_reason="stop", completion_tokens=len(text.split())))
+                results.append(Result(prompt_tokens=len(req.messages[-1]["content"].split()), completions=completions))
+                continue
             for j in range(req.n):
                 h = int(hashlib.sha256(f"{req.key}:{j // 2}:{self.seed}".encode()).hexdigest(), 16)
                 # samples come in identical pairs (j // 2), so dedup has exact duplicates to remove

@@ -14,12 +14,15 @@ import math
 import time
 from collections import Counter, defaultdict
 
+import pyarrow as pa
+
 from pipeline import schema
 from pipeline.config import Config, digest
 from pipeline.stages import check, open_writer, reader, summary, up_to_date
 from pipeline.store import atomic_write_bytes, atomic_write_json
 
 SPLITS = ("train", "validation")
+ARROW_BATCH = 1000  # rows converted to Arrow at a time while a shard fills
 
 
 def split_of(problem_id: str, validation_fraction: float) -> str:
@@ -41,6 +44,7 @@ def to_export_row(row: dict, iteration: int, task: str) -> dict:
         "problem_id": row["problem_id"],
         "sample_idx": row["sample_idx"],
         "answer": row["gold"],
+        "rationalized": bool(row.get("rationalized")),
         "iteration": iteration,
         "model": row["model"],
         "task": task,
@@ -75,10 +79,36 @@ Funnel: {funnel['problems']} problems -> {funnel['samples']} samples -> {funnel[
 
 Columns: `messages` (chat turns; the user turn is the prompt as the model saw it, the assistant
 turn the rationale), `prompt`, `completion`, `problem_id`, `sample_idx`, `answer` (the gold
-answer the rationale reached), `iteration`, `model`, `task`, `verifier`.
+answer the rationale reached), `rationalized` (sampled with the answer as a hint, which the
+prompt here leaves out), `iteration`, `model`, `task`, `verifier`.
 
 Load with `datasets.load_dataset("<this directory>")`. Config hash: `{cfg.config_hash()}`.
 """
+
+
+def _rank(seed: int, problem_id: str, sample_idx: int) -> bytes:
+    return hashlib.sha256(f"{seed}:{problem_id}:{sample_idx}".encode()).digest()
+
+
+def rationalized_keep(selected, max_share: float, seed: int) -> tuple[set | None, int]:
+    """Which rationalized rows fit under `max_share` of the export (None: all), and how many do not.
+
+    The quota is max_share/(1-max_share) times the ordinary rows, so ordinary rows are never
+    dropped to make room; which rationalized rows stay is a seeded, deterministic choice.
+    Only keys of rationalized rows are held in memory.
+    """
+    plain, hinted = 0, []
+    for _, t in selected.iter_shards(columns=["problem_id", "sample_idx", "rationalized"]):
+        for pid, idx, rat in zip(t["problem_id"].to_pylist(), t["sample_idx"].to_pylist(), t["rationalized"].to_pylist()):
+            if rat:
+                hinted.append((pid, idx))
+            else:
+                plain += 1
+    quota = len(hinted) if max_share >= 1 else math.floor(max_share / (1 - max_share) * plain)
+    if quota >= len(hinted):
+        return None, 0
+    hinted.sort(key=lambda k: _rank(seed, *k))
+    return set(hinted[:quota]), len(hinted) - quota
 
 
 def pass_rates(cfg: Config, iteration: int) -> tuple[dict, Counter]:
@@ -101,41 +131,64 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
     samples = reader(cfg, iteration, "sample")
     selected = reader(cfg, iteration, "dedup")
     parts = {"input": selected.output_hash, "export": cfg.export.model_dump(mode="json"),
-             "task": cfg.task.name, "iteration": iteration}
+             "task": cfg.task.name, "iteration": iteration, "max_share": cfg.rationalize.max_share, "seed": cfg.run.seed}
     with open_writer(cfg, iteration, "export", parts, force) as writer:
         if writer.up_to_date:
             return up_to_date("export", writer)
         frac = cfg.export.validation_fraction
+        keep_hinted, over_share = rationalized_keep(selected, cfg.rationalize.max_share, cfg.run.seed)
+
+        def kept(pid: str, idx: int, rat: bool | None) -> bool:
+            return not rat or keep_hinted is None or (pid, idx) in keep_hinted
+
         counts = Counter()
-        for _, t in selected.iter_shards(columns=["problem_id"]):
-            counts.update(split_of(pid, frac) for pid in t["problem_id"].to_pylist())
+        for _, t in selected.iter_shards(columns=["problem_id", "sample_idx", "rationalized"]):
+            for pid, idx, rat in zip(*(t[c].to_pylist() for c in ("problem_id", "sample_idx", "rationalized"))):
+                if kept(pid, idx, rat):
+                    counts[split_of(pid, frac)] += 1
         totals = {s: math.ceil(counts[s] / cfg.export.rows_per_shard) for s in SPLITS}
+        # The shard being filled is held as Arrow tables of ARROW_BATCH rows, a fraction of the
+        # memory of Python dicts: a 50,000-row shard as dicts took hundreds of MB.
         buffers: dict[str, list[dict]] = {s: [] for s in SPLITS}
+        tables: dict[str, list[pa.Table]] = {s: [] for s in SPLITS}
+        filled = {s: 0 for s in SPLITS}
         written = {s: 0 for s in SPLITS}
         names: list[str] = []
+        hinted_exported = 0
 
         def flush(split: str) -> None:
             name = shard_name(split, written[split], totals[split])
             if not writer.is_done(name):  # deterministic content: a resumed export keeps its shards
-                writer.write_shard(name, schema.table(buffers[split], schema.EXPORT))
+                parts = tables[split] + [schema.table(buffers[split], schema.EXPORT)]
+                writer.write_shard(name, pa.concat_tables(parts).combine_chunks())
             names.append(name)
             written[split] += 1
-            buffers[split] = []
+            buffers[split], tables[split], filled[split] = [], [], 0
 
         for _, t in selected.iter_shards():
             for row in t.to_pylist():
+                if not kept(row["problem_id"], row["sample_idx"], row["rationalized"]):
+                    continue
+                hinted_exported += bool(row["rationalized"])
                 split = split_of(row["problem_id"], frac)
                 buffers[split].append(to_export_row(row, iteration, cfg.task.name))
-                if len(buffers[split]) >= cfg.export.rows_per_shard:
+                filled[split] += 1
+                if len(buffers[split]) >= ARROW_BATCH:
+                    tables[split].append(schema.table(buffers[split], schema.EXPORT))
+                    buffers[split] = []
+                if filled[split] >= cfg.export.rows_per_shard:
                     flush(split)
         for split in SPLITS:
-            if buffers[split]:
+            if filled[split]:
                 flush(split)
         check(all(written[s] == totals[s] for s in SPLITS), f"export: wrote {written} shards, expected {totals}")
         exported = sum(writer.done[n]["rows"] for n in names)
-        check(exported == selected.rows, f"export: {exported} rows exported for {selected.rows} selected")
+        check(exported + over_share == selected.rows,
+              f"export: {exported} rows exported + {over_share} over the rationalized share != {selected.rows} selected")
 
         rates, statuses = pass_rates(cfg, iteration)
+        hinted = reader(cfg, iteration, "rationalize")
+        hinted_correct = sum(t["status"].to_pylist().count("correct") for _, t in hinted.iter_shards(columns=["status"]))
         funnel = {
             "problems": problems.rows,
             "rejected_inputs": problems.manifest["rejects"],
@@ -143,6 +196,10 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
             "correct": statuses.get("correct", 0),
             "kept": selected.rows,
             "exported": exported,
+            "rationalized_samples": hinted.rows,
+            "rationalized_correct": hinted_correct,
+            "rationalized_exported": hinted_exported,
+            "rationalized_over_share": over_share,
         }
         stats = {
             "funnel": funnel,
@@ -169,5 +226,9 @@ def print_funnel(manifest: dict) -> None:
     for k, v in steps:
         share = f"  {v / f['samples']:6.1%} of samples" if f["samples"] and k not in ("problems", "samples") else ""
         print(f"  {k:<{width}}  {v:>8}{share}")
+    if f.get("rationalized_exported"):
+        print(f"  ({f['rationalized_exported']} exported rows are rationalizations, sampled with the answer as a hint)")
+    if f.get("rationalized_over_share"):
+        print(f"  ({f['rationalized_over_share']} rationalizations left out by rationalize.max_share)")
     if f["rejected_inputs"]:
         print(f"  ({f['rejected_inputs']} input rows rejected: see problems/_rejects.parquet)")

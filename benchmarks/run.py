@@ -1,0 +1,77 @@
+"""`make bench [BENCH=name]`: run the benchmarks, merge their figures into results.json, print a table.
+
+Each benchmark is a module `benchmarks/bench_<name>.py` with a docstring saying what it
+measures and `run() -> dict[str, float]` returning named figures. Figures from benchmarks not
+run this time are kept in results.json, each with the date it was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pkgutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import benchmarks
+
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def available() -> list[str]:
+    return sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(benchmarks.__path__) if m.name.startswith("bench_"))
+
+
+def load_results() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {"figures": {}, "measured": {}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = available()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--only", choices=names, help="run one benchmark")
+    args = parser.parse_args(argv)
+    results = load_results()
+    failed = []
+    for name in [args.only] if args.only else names:
+        module = importlib.import_module(f"benchmarks.bench_{name}")
+        print(f"== {name}: {(module.__doc__ or '').strip().splitlines()[0]}", flush=True)
+        started = time.time()
+        try:
+            figures = module.run()
+        except Exception as e:  # one broken benchmark must not hide the others' figures
+            print(f"!! {name} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            failed.append(name)
+            continue
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        results = load_results()  # again: another `make bench BENCH=...` may have written meanwhile
+        for key, value in figures.items():
+            results["figures"][key] = value
+            results["measured"][key] = {"benchmark": name, "at": stamp}
+        print(f"== {name} done in {time.time() - started:.0f} s", flush=True)
+        tmp = RESULTS.with_name(f".{RESULTS.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, RESULTS)  # readers never see half a file
+    print_table(results)
+    return 1 if failed else 0
+
+
+def print_table(results: dict) -> None:
+    figures = results["figures"]
+    if not figures:
+        return
+    width = max(map(len, figures))
+    print(f"\n{'figure':<{width}}  {'value':>12}  benchmark   measured")
+    for key in sorted(figures):
+        value = figures[key]
+        text = f"{value:.3f}" if isinstance(value, float) else str(value)
+        where = results["measured"].get(key, {})
+        print(f"{key:<{width}}  {text:>12}  {where.get('benchmark', ''):<10}  {where.get('at', '')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

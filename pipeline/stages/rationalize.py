@@ -1,0 +1,172 @@
+"""rationalize: STaR's second chance for the problems no sample solved.
+
+For each problem with a gold answer and no correct sample, the model is asked again with the
+answer shown as a hint (`rationalize.hint`, appended to the user turn). The rationales are
+verified like any sample, then stored with the hint-free prompt and `rationalized=true`, so
+the next model learns to reach the answer without being told it. A rationale that merely
+copies the hint (too short, or naming the hint) is marked wrong with that reason.
+
+Shards match the verify stage's one to one, so dedup reads a shard of each. When the option
+is off (the default for generic data) the stage writes empty shards and loads no engine.
+Sample indices continue after the first round's (`sample.n + i`), so (problem_id,
+sample_idx) stays unique across both rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+import pyarrow as pa
+
+from pipeline import schema
+from pipeline.config import Config
+from pipeline.engines import Request, load_engine
+from pipeline.stages import check, open_writer, pending, reader, sampling_config, summary, up_to_date
+from pipeline.stages.sample import fingerprint as sample_fingerprint
+from pipeline.stages.sample import request_seed, use_request_seed
+from pipeline.stages.verify import verifier_spec, verify_table
+from pipeline.tasks import get_task, render_prompt
+from verifiers import VerifyPool, get_verifier
+
+
+def with_hint(messages: list[dict], hint: str, answer: str) -> list[dict]:
+    """The same chat with the hint appended to the last user turn (str.replace: answers hold braces)."""
+    out = [dict(m) for m in messages]
+    last_user = max(i for i, m in enumerate(out) if m["role"] == "user")
+    out[last_user]["content"] += hint.replace("{answer}", answer)
+    return out
+
+
+def copies_hint(text: str, min_words: int, forbid: list[str]) -> str | None:
+    """Why a correct rationale is unusable without its hint, or None if it is usable."""
+    words = len(text.split())
+    if words < min_words:
+        return f"rationalization copies the hint: {words} words, fewer than rationalize.min_words={min_words}"
+    lowered = text.lower()
+    for phrase in forbid:
+        if phrase.lower() in lowered:
+            return f"rationalization refers to the hint ({phrase!r})"
+    return None
+
+
+def unsolved(verified: pa.Table, problems: dict[str, dict]) -> tuple[list[str], int]:
+    """Problems of one shard with no correct sample and a gold answer; and how many lack gold."""
+    solved, seen = set(), []
+    for pid, status in zip(verified["problem_id"].to_pylist(), verified["status"].to_pylist()):
+        if pid not in solved and pid not in seen:
+            seen.append(pid)
+        if status == "correct":
+            solved.add(pid)
+    todo = [pid for pid in seen if pid not in solved]
+    with_gold = [pid for pid in todo if problems[pid]["answer"] not in (None, "")]
+    return with_gold, len(todo) - len(with_gold)
+
+
+def run(cfg: Config, iteration: int, force: bool = False) -> dict:
+    started = time.time()
+    problems = reader(cfg, iteration, "prepare")
+    verified = reader(cfg, iteration, "verify")
+    r = cfg.rationalize
+    scfg = sampling_config(cfg, iteration)
+    n = r.n or cfg.sample.n
+    parts = {"input": verified.output_hash, "rationalize": r.model_dump(mode="json")}
+    if r.enabled:  # then it samples and verifies: everything that changes those outputs counts
+        sampling = sample_fingerprint(scfg, iteration, problems.output_hash)
+        parts.update({k: v for k, v in sampling.items() if k != "input"}, problems=problems.output_hash,
+                     verifier=get_verifier(verifier_spec(cfg), cfg.verify.params).fingerprint())
+    with open_writer(cfg, iteration, "rationalize", parts, force) as writer:
+        if writer.up_to_date:
+            return up_to_date("rationalize", writer)
+        todo = pending(verified, writer)
+        counts: Counter = Counter()
+        if not r.enabled:
+            for name in todo:
+                writer.write_shard(name, schema.empty(schema.VERIFIED))
+        else:
+            _rationalize(scfg, iteration, problems, verified, writer, todo, n, counts)
+        manifest = writer.finish([s["file"] for s in verified.shards], stats={"new": dict(counts), "n": n})
+    if not r.enabled:
+        summary("rationalize", "off (rationalize.enabled: false)", started)
+    else:
+        summary(
+            "rationalize",
+            f"{counts['problems']} unsolved problems x n={n} -> {counts['samples']} hinted samples,"
+            f" {counts['correct']} correct, {counts['copied_hint']} dropped as copying the hint"
+            f" ({counts['no_gold']} unsolved without a gold answer skipped)",
+            started,
+        )
+    return manifest
+
+
+def _rationalize(cfg: Config, iteration: int, problems, verified, writer, todo: list[str], n: int, counts: Counter) -> None:
+    r = cfg.rationalize
+    task = get_task(cfg.task)
+    spec = verifier_spec(cfg)
+    verifier = get_verifier(spec, cfg.verify.params)
+    by_shard: dict[str, tuple[dict, list[str]]] = {}
+    for name in todo:
+        gold = {row["problem_id"]: row for row in problems.read_shard(name).to_pylist()}
+        pids, no_gold = unsolved(verified.read_shard(name, columns=["problem_id", "status"]), gold)
+        counts["no_gold"] += no_gold
+        if pids:
+            by_shard[name] = (gold, pids)
+        else:
+            writer.write_shard(name, schema.empty(schema.VERIFIED))
+    if not by_shard:
+        return
+    engine = load_engine(cfg)
+    try:
+        per_request = use_request_seed(cfg, engine)
+        plain: dict[tuple[str, str], list[dict]] = {}  # hint-free prompts, by (shard, problem)
+        seeds: dict[str, int] = {}
+
+        def shard_requests():
+            for name, (gold, pids) in by_shard.items():
+                requests = []
+                for pid in pids:
+                    messages = render_prompt(cfg.task, task, gold[pid]["question"])
+                    plain[(name, pid)] = messages
+                    seed = request_seed(cfg.run.seed + 1, iteration, pid) if per_request else None
+                    seeds[pid] = seed if seed is not None else engine.seed
+                    requests.append(Request(pid, with_hint(messages, r.hint, str(gold[pid]["answer"])), n, seed))
+                yield name, requests
+
+        with VerifyPool(spec, cfg.verify.params, cfg.verify.workers, cfg.verify.timeout_s,
+                        cfg.verify.memory_limit_mb) as pool:
+            for name, results in engine.generate_shards(shard_requests(), cfg.sample, journal_dir=writer.path):
+                gold, pids = by_shard[name]
+                check(len(results) == len(pids), f"engine returned {len(results)} results for {len(pids)} requests")
+                rows, rejects = [], []
+                for pid, res in zip(pids, results):
+                    if res.error is not None or len(res.completions) != n:
+                        reason = res.error or f"engine returned {len(res.completions)} of {n} samples"
+                        rejects.append({"stage": "rationalize", "source_index": None, "problem_id": pid,
+                                        "reason": reason, "raw": None})
+                        continue
+                    prompt = json.dumps(plain[(name, pid)], ensure_ascii=False)  # stored without the hint
+                    for idx, c in enumerate(res.completions):
+                        rows.append({
+                            "problem_id": pid, "sample_idx": cfg.sample.n + idx, "prompt": prompt, "text": c.text,
+                            "finish_reason": c.finish_reason, "prompt_tokens": res.prompt_tokens,
+                            "completion_tokens": c.completion_tokens, "cumulative_logprob": c.cumulative_logprob,
+                            "model": engine.model_name, "seed": seeds[pid],
+                        })
+                out = verify_table(schema.table(rows, schema.SAMPLES), gold, pool, verifier.name).to_pylist()
+                check(len(out) == (len(pids) - len(rejects)) * n,
+                      f"rationalize {name}: {len(out)} rows for {len(pids) - len(rejects)} problems x n={n}")
+                for row in out:
+                    row["rationalized"] = True
+                    if row["status"] == "correct":
+                        why = copies_hint(row["text"], r.min_words, r.forbid)
+                        if why:
+                            row.update(status="wrong", score=0.0, reason=why)
+                            counts["copied_hint"] += 1
+                        else:
+                            counts["correct"] += 1
+                counts["problems"] += len(pids)
+                counts["samples"] += len(out)
+                writer.write_shard(name, schema.table(out, schema.VERIFIED), schema.table(rejects, schema.REJECTS))
+    finally:
+        engine.close()
