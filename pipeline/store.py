@@ -8,18 +8,22 @@ A shard is written under a temporary name, fsynced and renamed into place, then 
 so a crash leaves whole shards or nothing. A rerun keeps every journalled shard whose bytes
 still match their checksum and redoes the rest. A rerun with a different fingerprint refuses
 unless forced, so outputs of two configs are never mixed. Readers verify checksums, so a
-corrupted shard is never read as data.
+corrupted shard is never read as data. A whole command holds its run directory's lock
+(`run_lock`), so a second command on the same run refuses instead of changing its inputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import fcntl
 import hashlib
 import io
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -37,6 +41,7 @@ PROGRESS = "_progress.jsonl"
 REJECTS_FILE = "_rejects.parquet"
 REJECTS_DIR = "_rejects"
 LOCK = ".lock"
+TMP_MARK = ".tmp-"
 
 
 class StoreError(RuntimeError):
@@ -45,6 +50,31 @@ class StoreError(RuntimeError):
 
 def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
+
+
+_failpoint_hits: dict[str, int] = {}
+
+
+def failpoint(name: str, path: Path) -> None:
+    """Test seam for tests/test_faults.py; does nothing unless SELFIMPROVE_FAILPOINT is set.
+
+    SELFIMPROVE_FAILPOINT="<name>:<count>[:enospc]": the count-th time this process reaches the
+    named point it dies by SIGKILL, with its process group if it leads one (a crash at exactly
+    that moment), or, with `enospc`, raises OSError(ENOSPC) (a full disk). Points: before_write
+    (nothing of the file written yet), before_rename (temporary file written, not renamed),
+    before_journal (shard in place, not journalled). `path` is the file being written, for
+    tests that record the points reached. Unset, it costs one environment lookup per file.
+    """
+    spec = os.environ.get("SELFIMPROVE_FAILPOINT")
+    if not spec or not spec.startswith(name + ":"):
+        return
+    _, count, *action = spec.split(":")
+    _failpoint_hits[name] = _failpoint_hits.get(name, 0) + 1
+    if _failpoint_hits[name] != int(count):
+        return
+    if action == ["enospc"]:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    os.killpg(0, signal.SIGKILL) if os.getpgrp() == os.getpid() else os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -56,12 +86,18 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    failpoint("before_write", path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            failpoint("before_rename", path)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep half a file on it
+        raise
     _fsync_dir(path.parent)
 
 
@@ -77,6 +113,13 @@ def table_bytes(table: pa.Table) -> bytes:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _matches(path: Path, expected_sha256: str | None) -> bool:
+    """Whether the file has the recorded checksum (None: nothing recorded, nothing to check)."""
+    if expected_sha256 is None:
+        return True
+    return path.exists() and sha256(path.read_bytes()) == expected_sha256
 
 
 def _changed(old: dict, new: dict) -> list[str]:
@@ -126,6 +169,9 @@ class StageWriter:
                 self.up_to_date = True
                 return
         (self.path / SUCCESS).unlink(missing_ok=True)
+        for stale in [*self.path.glob(f".*{TMP_MARK}*"), *self.path.glob(f"{REJECTS_DIR}/.*{TMP_MARK}*")]:
+            if stale.is_file():  # half-written by a killed writer (atomic_write_bytes); we hold the lock
+                stale.unlink()
         atomic_write_json(fp_file, {"hash": self.fingerprint_hash, "parts": self.fingerprint})
         self._load_progress()
 
@@ -140,11 +186,15 @@ class StageWriter:
             manifest = json.loads((self.path / MANIFEST).read_text())
         except (OSError, ValueError):
             return False
-        for shard in manifest.get("shards", []):
-            f = self.path / shard["file"]
-            if not f.exists() or sha256(f.read_bytes()) != shard["sha256"]:
-                return False
-        return True
+        if not _matches(self.path / REJECTS_FILE, manifest.get("rejects_sha256")):
+            return False
+        return all(self._intact(shard) for shard in manifest.get("shards", []))
+
+    def _intact(self, entry: dict) -> bool:
+        """The shard and its rejects (if it had any) still have the bytes that were journalled."""
+        if "rejects_sha256" in entry and not _matches(self.path / REJECTS_DIR / entry["file"], entry["rejects_sha256"]):
+            return False
+        return _matches(self.path / entry["file"], entry["sha256"])
 
     def _load_progress(self) -> None:
         journal = self.path / PROGRESS
@@ -155,8 +205,7 @@ class StageWriter:
                 entry = json.loads(line)
             except ValueError:
                 continue  # a torn last line from a crash: that shard is simply redone
-            f = self.path / entry["file"]
-            if f.exists() and sha256(f.read_bytes()) == entry["sha256"]:
+            if self._intact(entry):
                 self.done[entry["file"]] = entry
             else:
                 self.dropped.append(entry["file"])
@@ -168,14 +217,18 @@ class StageWriter:
 
     def write_shard(self, name: str, table: pa.Table, rejects: pa.Table | None = None, **extra) -> dict:
         """Commit one shard atomically (its rejects first), then journal it."""
+        checksums = {}
         if rejects is not None and rejects.num_rows:
             (self.path / REJECTS_DIR).mkdir(exist_ok=True)
-            atomic_write_bytes(self.path / REJECTS_DIR / name, table_bytes(rejects.cast(REJECTS)))
+            rejects_data = table_bytes(rejects.cast(REJECTS))
+            atomic_write_bytes(self.path / REJECTS_DIR / name, rejects_data)
+            checksums.update(rejects=rejects.num_rows, rejects_sha256=sha256(rejects_data))
         else:
             (self.path / REJECTS_DIR / name).unlink(missing_ok=True)
         data = table_bytes(table)
         atomic_write_bytes(self.path / name, data)
-        entry = {"file": name, "rows": table.num_rows, "sha256": sha256(data), **extra}
+        failpoint("before_journal", self.path / name)
+        entry = {"file": name, "rows": table.num_rows, "sha256": sha256(data), **checksums, **extra}
         with open(self.path / PROGRESS, "a") as f:
             f.write(json.dumps(entry) + "\n")
             f.flush()
@@ -188,10 +241,11 @@ class StageWriter:
         missing = [n for n in expected if n not in self.done]
         if missing:
             raise StoreError(f"{self.path}: shards missing at finish: {missing[:5]}")
-        rejects = [pq.read_table(p) for p in sorted((self.path / REJECTS_DIR).glob("*.parquet"))]
-        rejects_table = pa.concat_tables(rejects) if rejects else REJECTS.empty_table()
-        atomic_write_bytes(self.path / REJECTS_FILE, table_bytes(rejects_table))
         shards = [self.done[n] for n in expected]
+        rejects = [pq.read_table(self.path / REJECTS_DIR / s["file"]) for s in shards if "rejects_sha256" in s]
+        rejects_table = pa.concat_tables(rejects) if rejects else REJECTS.empty_table()
+        rejects_data = table_bytes(rejects_table)
+        atomic_write_bytes(self.path / REJECTS_FILE, rejects_data)
         manifest = {
             "stage": self.stage,
             "fingerprint": self.fingerprint_hash,
@@ -201,6 +255,7 @@ class StageWriter:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "rows": sum(s["rows"] for s in shards),
             "rejects": rejects_table.num_rows,
+            "rejects_sha256": sha256(rejects_data),
             "shards": shards,
             "output_hash": digest([s["sha256"] for s in shards]),
             "stats": stats or {},
@@ -251,13 +306,20 @@ class StageReader:
         entry = next((s for s in self.shards if s["file"] == name), None)
         if entry is None:
             raise StoreError(f"{self.path}: no shard {name} in the manifest")
-        data = (self.path / name).read_bytes()
-        if sha256(data) != entry["sha256"]:
+        return pq.read_table(pa.BufferReader(self._verified_bytes(name, entry["sha256"])), columns=columns)
+
+    def _verified_bytes(self, name: str, expected_sha256: str | None) -> bytes:
+        try:
+            data = (self.path / name).read_bytes()
+        except FileNotFoundError:
+            data = None
+        if data is None or (expected_sha256 is not None and sha256(data) != expected_sha256):
+            what = "is missing" if data is None else "does not match its checksum (corrupted or changed on disk)"
             raise StoreError(
-                f"{self.path / name} does not match its checksum (corrupted or changed on disk); "
-                f"rerun the stage that wrote it with --force"
+                f"{self.path / name} {what}; rerun `selfimprove {self.manifest.get('stage', '<stage>')}` "
+                "(or `selfimprove run`) to regenerate it: only damaged shards are redone"
             )
-        return pq.read_table(pa.BufferReader(data), columns=columns)
+        return data
 
     def iter_shards(self, columns: list[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
         for s in self.shards:
@@ -268,4 +330,31 @@ class StageReader:
         return pa.concat_tables([t for _, t in self.iter_shards(columns)])
 
     def rejects(self) -> pa.Table:
-        return pq.read_table(self.path / REJECTS_FILE)
+        return pq.read_table(pa.BufferReader(self._verified_bytes(REJECTS_FILE, self.manifest.get("rejects_sha256"))))
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold a run directory for a whole command: a second command on the same run refuses,
+    instead of rebuilding (say, with --force) a stage the first one is still reading."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise StoreError(
+            f"{run_dir} is in use by another selfimprove command{f' (pid {holder})' if holder else ''}; "
+            "wait for it to finish or stop it, then rerun (finished work is kept)"
+        ) from None
+    try:
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()

@@ -97,19 +97,29 @@ def _source_identity(path: str | None) -> dict:
     return {str(f): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()}
 
 
+def gold_required(cfg: Config) -> bool:
+    """Whether a problem without a gold answer is a reject: yes, unless the run's verifier needs none."""
+    from pipeline.stages.verify import verifier_spec
+    from verifiers import get_verifier
+
+    return get_verifier(verifier_spec(cfg), cfg.verify.params).needs_gold
+
+
 def run(cfg: Config, iteration: int, force: bool = False) -> dict:
     started = time.time()
+    answer_required = gold_required(cfg)
     parts = {
         "task": cfg.task.model_dump(mode="json", exclude={"prompt"}),
         "source": _source_identity(cfg.task.path),
         "problems_per_shard": cfg.run.problems_per_shard,
+        "answer_required": answer_required,
     }
     with open_writer(cfg, iteration, "prepare", parts, force) as writer:
         if writer.up_to_date:
             return up_to_date("prepare", writer)
         task = get_task(cfg.task)
         per_shard = cfg.run.problems_per_shard
-        seen_questions: dict[str, str] = {}
+        seen_questions: dict[bytes, str] = {}  # digest of the normalised question -> its problem id
         seen_ids: set[str] = set()
         buffer: list[dict] = []
         rejects: list[dict] = []
@@ -137,7 +147,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
             try:
                 item = task.to_problem(row.data)
                 question = validate_question(item.question, cfg.task.max_question_chars)
-                answer = validate_answer(item.answer)
+                answer = validate_answer(item.answer) if answer_required or item.answer is not None else None
                 pid = problem_id(task.name, item.id, question)
                 metadata = json.dumps(item.metadata or {}, default=str, ensure_ascii=False)
                 bad = _bad_text(metadata) or _bad_text(pid)
@@ -146,7 +156,8 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
             except ValueError as e:
                 reject(row.index, None, str(e), row.data)
                 continue
-            key = _normalise(question)
+            # a 20-byte digest, not the text: a million questions would otherwise hold their text twice
+            key = hashlib.sha1(_normalise(question).encode()).digest()
             if key in seen_questions:
                 counts["duplicates"] += 1
                 reject(row.index, pid, f"duplicate question: collapsed into problem {seen_questions[key]}", question)
@@ -164,9 +175,13 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
                 flush()
         if buffer or rejects or not names:
             flush()
+        # what reached disk, not only what was counted
+        written = sum(writer.done[n]["rows"] for n in names)
+        written_rejects = sum(writer.done[n].get("rejects", 0) for n in names)
         check(
-            counts["problems"] + counts["rejected"] == counts["source_rows"],
-            f"prepare: {counts['source_rows']} source rows but {counts['problems']} problems + {counts['rejected']} rejects",
+            written + written_rejects == counts["source_rows"] and written == counts["problems"],
+            f"prepare: {counts['source_rows']} source rows but {written} problems + {written_rejects} rejects"
+            f" written ({counts['problems']} + {counts['rejected']} counted)",
         )
         manifest = writer.finish(names, stats=counts)
     summary(
