@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
 
 from pipeline.config import Config, SampleConfig
 
@@ -61,21 +63,40 @@ class Engine:
         return False
 
     def generate(self, requests: list[Request], params: SampleConfig, desc: str = "") -> list[Result]:
+        """One result per request, in order."""
         raise NotImplementedError
+
+    def generate_shards(
+        self, shards: Iterable[tuple[str, list[Request]]], params: SampleConfig, journal_dir: Path | None = None
+    ) -> Iterator[tuple[str, list[Result]]]:
+        """Yield (shard name, results in request order) for each shard, as soon as it is complete.
+
+        The sample stage commits each shard as it comes, so what finished survives a crash.
+        This default serves one shard at a time; an engine that can keep the accelerator busy
+        across shard boundaries (feeding the next shard while the last one drains) overrides
+        it, and may yield shards out of order. `journal_dir` is the stage directory, where an
+        engine may keep a per-request journal of finished requests (e.g. a remote server's).
+        """
+        for name, requests in shards:
+            yield name, self.generate(requests, params, desc=f"sample {name}")
 
     def close(self) -> None:
         pass
 
 
 def load_engine(cfg: Config) -> Engine:
-    """`sample.engine`: a built-in name (vllm) or `package.module:Class` of your own."""
+    """`sample.engine`: a built-in name (vllm, openai) or `package.module:Class` of your own."""
     spec = cfg.sample.engine
     if spec == "vllm":
         from pipeline.engines.vllm import VLLMEngine
 
         return VLLMEngine(cfg)
+    if spec == "openai":
+        from pipeline.engines.openai import OpenAIEngine
+
+        return OpenAIEngine(cfg)
     if ":" not in spec:
-        raise ValueError(f"sample.engine: unknown engine {spec!r}; use 'vllm' or 'package.module:Class'")
+        raise ValueError(f"sample.engine: unknown engine {spec!r}; use 'vllm', 'openai' or 'package.module:Class'")
     module_name, _, cls_name = spec.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)

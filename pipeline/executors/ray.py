@@ -1,0 +1,296 @@
+"""`run.executor: ray`: sample and verify as Ray Data pipelines, writing the same stage directories.
+
+The driver (this process) owns the stage directory exactly as the local executor does: it opens
+the StageWriter with the stage's own fingerprint, hands the shards still to do to Ray, and
+commits each shard (rows and rejects) the moment its result streams back, then writes the
+manifest and `_SUCCESS`. So resume, `--force`, make targets and export work unchanged, and
+the two executors can take turns on one run: a stage half done by one is finished by the other.
+
+- sample: `map_batches` over an actor class holding one engine (`sample.engine`: vLLM, or
+  a server through `openai`) per `model.tensor_parallel_size` GPUs, or one per CPU node slot;
+  a batch is one input shard, and every one of the n outputs of each request is kept (a
+  row per sample, as the local stage writes). A request the engine cannot serve becomes a
+  reject row. An engine that dies takes its actor down with it; Ray restarts the actor and
+  retries its shard, at most `run.ray.max_restarts` times.
+- verify: `map_batches` over actors that each hold a VerifyPool, so each item keeps its hard
+  wall-clock and memory limits (`verify.timeout_s`, `verify.memory_limit_mb`); a timeout or
+  a crashing verifier is that row's verdict, never the stage's end.
+- dedup: runs on the driver, through the dedup stage itself. Its selection carries state from
+  shard to shard (texts kept for earlier problems, rows exported by earlier iterations, the
+  decontamination index), so splitting it across actors would change what it keeps; it is
+  pure Python over verdict rows and takes seconds where sampling takes hours.
+
+Actors read their input shards from the run directory (checksums verified), so on a cluster
+`run.dir` must be on storage every node sees at the same path; only the driver writes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import schema
+from pipeline.config import Config
+from pipeline.stages import check, open_writer, pending, reader, sampling_config, stage_dir, summary, up_to_date
+from pipeline.store import StageReader, table_bytes
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("run.executor=ray needs Ray: pip install 'selfimprove[ray]' (or set run.executor=local)") from None
+    return ray
+
+
+def connect(cfg: Config) -> None:
+    """Join `run.ray.address` or $RAY_ADDRESS, else a cluster running on this machine, else start a local Ray."""
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    # workers import the project as the driver does (an editable install, or the checkout)
+    env = {"PYTHONPATH": os.pathsep.join([os.getcwd(), *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])])}
+    address = cfg.run.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, logging_level="WARNING")
+        return
+    try:
+        ray.init(address="auto", runtime_env={"env_vars": env}, logging_level="WARNING")
+        print("ray: joined the cluster running on this machine", flush=True)
+    except ConnectionError:
+        ray.init(num_cpus=cfg.run.ray.num_cpus, runtime_env={"env_vars": env}, include_dashboard=False,
+                 logging_level="WARNING")
+        print(f"ray: started a local Ray ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)", flush=True)
+
+
+def run_stage(name: str, cfg: Config, iteration: int, force: bool = False) -> dict:
+    if name == "dedup":
+        from pipeline.stages import dedup
+
+        return dedup.run(cfg, iteration, force=force)  # on the driver: see the module docstring
+    runner = {"sample": run_sample, "verify": run_verify}[name]
+    return runner(cfg, iteration, force)
+
+
+def _restarts(cfg: Config) -> dict:
+    """Bounded actor restarts and shard retries. Ray Data's default is unbounded, so a shard that
+    kills its engine every time would loop forever. (Ray 2.60 warns that these arguments will
+    move; until it names their replacement they are the only way to bound retries.)"""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+    return {"max_restarts": cfg.run.ray.max_restarts, "max_task_retries": cfg.run.ray.max_restarts}
+
+
+def _quiet_data_context() -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.verbose_stats_logs = False
+
+
+# -- sample ----------------------------------------------------------------------------------
+class SampleActor:
+    """One engine per actor; a batch is one shard: its requests in, its sample and reject rows out."""
+
+    def __init__(self, cfg_json: dict, iteration: int):
+        from pipeline.engines import load_engine
+        from pipeline.stages.sample import use_request_seed
+
+        self.cfg = Config.model_validate(cfg_json)
+        self.iteration = iteration
+        self.engine = load_engine(self.cfg)
+        self.per_request = use_request_seed(self.cfg, self.engine)
+
+    def __call__(self, batch: dict) -> dict:
+        out: dict[str, list] = {"shard": [], "samples": [], "rejects": [], "tokens": []}
+        for name in batch["shard"]:
+            samples, rejects, tokens = self.sample_shard(str(name))
+            out["shard"].append(str(name))
+            out["samples"].append(table_bytes(samples))
+            out["rejects"].append(table_bytes(rejects))
+            out["tokens"].append(tokens)
+        return out
+
+    def sample_shard(self, name: str) -> tuple[pa.Table, pa.Table, int]:
+        import json
+
+        from pipeline.engines import Request
+        from pipeline.stages.sample import request_seed
+        from pipeline.tasks import get_task, render_prompt
+
+        cfg, n = self.cfg, self.cfg.sample.n
+        table = StageReader(stage_dir(cfg, self.iteration, "prepare")).read_shard(name)
+        task = get_task(cfg.task)
+        requests = []
+        for pid, question in zip(table["problem_id"].to_pylist(), table["question"].to_pylist()):
+            seed = request_seed(cfg.run.seed, self.iteration, pid) if self.per_request else None
+            requests.append(Request(pid, render_prompt(cfg.task, task, question), n, seed))
+        try:
+            # next() and close(), not a loop: an engine's request journal (openai) must outlive this
+            # call until the driver has committed the shard, so the generator is not resumed past it
+            shards = self.engine.generate_shards([(name, requests)], cfg.sample,
+                                                 journal_dir=stage_dir(cfg, self.iteration, "sample"))
+            _, results = next(shards)
+            shards.close()
+        except Exception as e:  # the engine itself broke: let Ray restart this actor and retry the shard
+            print(f"sample actor: engine failed on {name} ({type(e).__name__}: {e}); restarting", file=sys.stderr, flush=True)
+            os._exit(1)
+        check(len(results) == len(requests), f"engine returned {len(results)} results for {len(requests)} requests")
+        rows, rejects, tokens = [], [], 0
+        for req, res in zip(requests, results):
+            if res.error is not None or len(res.completions) != n:
+                reason = res.error or f"engine returned {len(res.completions)} of {n} samples"
+                rejects.append({"stage": "sample", "source_index": None, "problem_id": req.key, "reason": reason, "raw": None})
+                continue
+            prompt = json.dumps(req.messages, ensure_ascii=False)
+            for idx, c in enumerate(res.completions):  # all n of them
+                rows.append({
+                    "problem_id": req.key, "sample_idx": idx, "prompt": prompt, "text": c.text,
+                    "finish_reason": c.finish_reason, "prompt_tokens": res.prompt_tokens,
+                    "completion_tokens": c.completion_tokens, "cumulative_logprob": c.cumulative_logprob,
+                    "model": self.engine.model_name, "seed": req.seed if req.seed is not None else self.engine.seed,
+                })
+                tokens += c.completion_tokens
+        check(len(rows) == (len(requests) - len(rejects)) * n, f"sample {name}: {len(rows)} rows for {len(requests) - len(rejects)} problems x n={n}")
+        return schema.table(rows, schema.SAMPLES), schema.table(rejects, schema.REJECTS), tokens
+
+
+def _engine_resources(cfg: Config) -> tuple[int, dict]:
+    """(number of engine actors, resources of each)."""
+    ray = _ray()
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if cfg.sample.engine == "openai":  # the server does the work: actors only send requests
+        return cfg.run.ray.engines or 1, {"num_cpus": 1}
+    if gpus:
+        per = cfg.model.tensor_parallel_size
+        return cfg.run.ray.engines or max(1, gpus // per), {"num_gpus": per}
+    return cfg.run.ray.engines or 1, {"num_cpus": 1}
+
+
+def run_sample(cfg: Config, iteration: int, force: bool = False) -> dict:
+    from pipeline.stages.sample import fingerprint
+
+    started = time.time()
+    cfg = sampling_config(cfg, iteration)
+    problems = reader(cfg, iteration, "prepare")
+    n = cfg.sample.n
+    with open_writer(cfg, iteration, "sample", fingerprint(cfg, iteration, problems.output_hash), force) as writer:
+        if writer.up_to_date:
+            return up_to_date("sample", writer)
+        todo = pending(problems, writer)
+        samples = tokens = 0
+        gen_started = time.time()
+        if todo:
+            connect(cfg)
+            ray = _ray()
+            _quiet_data_context()
+            engines, resources = _engine_resources(cfg)
+            ds = ray.data.from_items([{"shard": name} for name in todo], override_num_blocks=len(todo))
+            ds = ds.map_batches(SampleActor, fn_constructor_kwargs={"cfg_json": cfg.model_dump(mode="json"), "iteration": iteration},
+                                batch_size=1, concurrency=engines, **resources, **_restarts(cfg))
+            for row in ds.iter_rows():
+                table = pq.read_table(pa.BufferReader(row["samples"]))
+                writer.write_shard(row["shard"], table, pq.read_table(pa.BufferReader(row["rejects"])))
+                # committed: the openai engine's request journal of this shard is not needed any more
+                (writer.path / f"_requests-{Path(row['shard']).stem}.jsonl").unlink(missing_ok=True)
+                samples += table.num_rows
+                tokens += int(row["tokens"])
+        gen_seconds = time.time() - gen_started
+        totals = [writer.done[s["file"]]["rows"] for s in problems.shards]
+        rate = f"; {samples / gen_seconds:.1f} samples/s, {tokens / gen_seconds:.0f} tokens/s" if todo and gen_seconds else ""
+        manifest = writer.finish(
+            [s["file"] for s in problems.shards],
+            stats={"n": n, "problems": problems.rows, "samples": sum(totals), "new_samples": samples,
+                   "new_completion_tokens": tokens, "shards_resumed": len(problems.shards) - len(todo), "executor": "ray"},
+        )
+    check(manifest["rows"] == (problems.rows - manifest["rejects"]) * n,
+          f"sample: {manifest['rows']} samples for ({problems.rows} problems - {manifest['rejects']} rejected) x n={n}")
+    summary("sample", f"{problems.rows} problems x n={n} -> {manifest['rows']} samples on Ray"
+                      f" ({manifest['rejects']} problems rejected by the engine, {len(problems.shards) - len(todo)} shards resumed){rate}",
+            started)
+    return manifest
+
+
+# -- verify ----------------------------------------------------------------------------------
+class VerifyActor:
+    """A VerifyPool per actor: the local executor's per-item hard limits, on every node."""
+
+    def __init__(self, cfg_json: dict, iteration: int):
+        from pipeline.stages.verify import verifier_spec
+        from verifiers import VerifyPool, get_verifier
+
+        self.cfg = Config.model_validate(cfg_json)
+        self.iteration = iteration
+        v = self.cfg.verify
+        spec = verifier_spec(self.cfg)
+        self.verifier_name = get_verifier(spec, v.params).name
+        self.pool = VerifyPool(spec, v.params, v.workers, v.timeout_s, v.memory_limit_mb)
+        self.pool.__enter__()
+
+    def __call__(self, batch: dict) -> dict:
+        from pipeline.stages.verify import verify_table
+
+        out: dict[str, list] = {"shard": [], "verified": []}
+        for name in map(str, batch["shard"]):
+            samples = StageReader(stage_dir(self.cfg, self.iteration, "sample")).read_shard(name)
+            gold = {r["problem_id"]: r for r in StageReader(stage_dir(self.cfg, self.iteration, "prepare")).read_shard(name).to_pylist()}
+            out["shard"].append(name)
+            out["verified"].append(table_bytes(verify_table(samples, gold, self.pool, self.verifier_name)))
+        return out
+
+    def __del__(self):
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.__exit__(None, None, None)
+
+
+def run_verify(cfg: Config, iteration: int, force: bool = False) -> dict:
+    from pipeline.stages import verify
+    from pipeline.stages.verify import verifier_spec
+    from verifiers import get_verifier
+
+    spec = verifier_spec(cfg)
+    verifier = get_verifier(spec, cfg.verify.params)
+    if verifier.uses_engine:
+        print("verify: this verifier asks the generation engine (judge); it runs on the driver", flush=True)
+        return verify.run(cfg, iteration, force=force)
+    started = time.time()
+    problems = reader(cfg, iteration, "prepare")
+    samples = reader(cfg, iteration, "sample")
+    parts = {  # the same fingerprint as pipeline/stages/verify.py: the executors share a stage directory
+        "input": samples.output_hash,
+        "problems": problems.output_hash,
+        "verifier": verifier.fingerprint(),
+        "timeout_s": cfg.verify.timeout_s,
+        "memory_limit_mb": cfg.verify.memory_limit_mb,
+    }
+    with open_writer(cfg, iteration, "verify", parts, force) as writer:
+        if writer.up_to_date:
+            return up_to_date("verify", writer)
+        todo = pending(samples, writer)
+        statuses: Counter = Counter()
+        if todo:
+            connect(cfg)
+            ray = _ray()
+            _quiet_data_context()
+            actors = cfg.run.ray.verify_actors or max(1, len([nd for nd in ray.nodes() if nd.get("Alive")]))
+            ds = ray.data.from_items([{"shard": name} for name in todo], override_num_blocks=len(todo))
+            ds = ds.map_batches(VerifyActor, fn_constructor_kwargs={"cfg_json": cfg.model_dump(mode="json"), "iteration": iteration},
+                                batch_size=1, concurrency=min(actors, len(todo)), num_cpus=1, **_restarts(cfg))
+            for row in ds.iter_rows():
+                table = pq.read_table(pa.BufferReader(row["verified"]))
+                statuses.update(table["status"].to_pylist())
+                writer.write_shard(row["shard"], table)
+        manifest = writer.finish([s["file"] for s in samples.shards], stats={"new_verdicts": dict(statuses), "executor": "ray"})
+    check(manifest["rows"] == samples.rows, f"verify: {manifest['rows']} verdicts for {samples.rows} samples")
+    counts = ", ".join(f"{k} {v}" for k, v in statuses.most_common())
+    summary("verify", f"{samples.rows} samples verified with {spec!r} on Ray: {counts or 'all resumed'}", started)
+    return manifest
