@@ -104,10 +104,17 @@ def resolve_model_path(path: str) -> str:
 
 
 def model_identity(path: str) -> dict:
-    """What identifies a model for fingerprints: its config and the names and sizes of its weights."""
+    """What identifies a model for fingerprints: its config and the names and sizes of its weights;
+    for a model the train stage wrote, the hash of its files (two trainings give files of equal
+    names and sizes, so sizes alone would let iteration k+1 reuse samples of a stale model)."""
     p = Path(path)
     if not p.exists():
         return {"hub_id": path}
+    manifest = p / "_manifest.json"
+    if manifest.exists():
+        m = json.loads(manifest.read_text())
+        if m.get("stage") == "train" and m.get("stats", {}).get("model_hash"):
+            return {"trained": m["stats"]["model_hash"]}
     files = sorted(
         (f.name, f.stat().st_size) for f in p.iterdir() if f.suffix in {".safetensors", ".bin"}
     )

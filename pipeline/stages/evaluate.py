@@ -1,0 +1,319 @@
+"""evaluate: greedy accuracy of iteration k's model on held-out problems that never feed training.
+
+Iteration 0 is the base model (`model.path`); iteration k >= 1 is the model trained in
+iteration k (`iter-k/model`). The problems are evaluate's own (`evaluate.task`; by default the
+run's arithmetic generator, `evaluate.count` problems from seed `evaluate.seed_offset` =
+1,000,000 on, far past any training range), never `iter-k/problems`, and the stage refuses to
+run when one of them shares a problem id or a question with the run's training problems.
+Answers are checked by the run's verifier in the same killable worker pool as the verify stage.
+
+Writes `iter-k/eval/`: `part-NNNNN.parquet` (one row per problem: the greedy answer and its
+verdict; with `evaluate.pass_at_k`, how many of n samples were correct), `eval.json`
+(accuracy, n, binomial stderr, accuracy per `steps` or other metadata key, pass@k) and the
+usual stage files. Shards are committed as they finish, so an interrupted evaluation resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections import Counter, defaultdict
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import schema
+from pipeline.config import Config, TaskConfig, digest
+from pipeline.engines import Request, load_engine
+from pipeline.stages import check, open_writer, summary, up_to_date
+from pipeline.stages.prepare import _normalise, _source_identity, problem_id, validate_answer, validate_question
+from pipeline.stages.sample import request_seed, use_request_seed
+from pipeline.stages.train import model_fingerprint, trained_model
+from pipeline.stages.verify import verifier_spec, verify_table
+from pipeline.store import SUCCESS, StageReader, atomic_write_json, part_name
+from pipeline.tasks import get_task, render_prompt
+from verifiers import VerifyPool, get_verifier
+
+ROWS = pa.schema(
+    [
+        ("problem_id", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),  # gold
+        ("metadata", pa.string()),  # JSON, as in the problems table
+        ("text", pa.string()),  # the greedy completion
+        ("finish_reason", pa.string()),
+        ("completion_tokens", pa.int32()),
+        ("extracted", pa.string()),
+        ("status", pa.string()),  # the verifier's verdict on the greedy completion
+        ("reason", pa.string()),
+        ("correct", pa.bool_()),
+        ("samples", pa.int32()),  # pass@k: samples drawn (null without pass@k)
+        ("samples_correct", pa.int32()),
+    ]
+)
+
+
+def heldout_task(cfg: Config) -> TaskConfig:
+    """evaluate.task, or by default the run's arithmetic task moved to the held-out seed range."""
+    if cfg.evaluate.task is not None:
+        return cfg.evaluate.task
+    if cfg.task.name != "arithmetic":
+        raise ValueError(
+            f"evaluate.task: the run's task {cfg.task.name!r} has no built-in held-out range; set evaluate.task to a "
+            "held-out set, e.g. {name: gsm8k, path: <gsm8k>/test.jsonl} or {name: math} for MATH-500"
+        )
+    task = cfg.task.model_copy(deep=True)
+    task.limit = None
+    task.arithmetic.count = cfg.evaluate.count
+    task.arithmetic.seed_offset = cfg.evaluate.seed_offset
+    return task
+
+
+def load_problems(task_cfg: TaskConfig) -> tuple[list[dict], list[dict]]:
+    """A task's problems, validated as the prepare stage does; the rest as rejects with reasons."""
+    task = get_task(task_cfg)
+    problems, rejects, seen = [], [], set()
+    for row in task.rows():
+        try:
+            if row.error is not None:
+                raise ValueError(row.error)
+            item = task.to_problem(row.data)
+            question = validate_question(item.question, task_cfg.max_question_chars)
+            answer = validate_answer(item.answer)
+            pid = problem_id(task.name, item.id, question)
+            if pid in seen or _normalise(question) in seen:
+                raise ValueError(f"duplicate problem {pid}")
+        except ValueError as e:
+            rejects.append({"stage": "evaluate", "source_index": row.index, "problem_id": None, "reason": str(e), "raw": None})
+            continue
+        seen.update((pid, _normalise(question)))
+        problems.append({"problem_id": pid, "question": question, "answer": answer,
+                         "metadata": json.dumps(item.metadata or {}, default=str, ensure_ascii=False)})
+    return problems, rejects
+
+
+def training_problems(cfg: Config) -> tuple[set[str], dict[str, str]]:
+    """Ids and normalised questions of every problem this run prepared for training (all
+    iterations on disk); before any is prepared, the configured training task's problems."""
+    ids: set[str] = set()
+    questions: dict[str, str] = {}
+    dirs = sorted(p for p in cfg.run_dir.glob("iter-*/problems") if (p / SUCCESS).exists())
+    if dirs:
+        for d in dirs:
+            for _, t in StageReader(d, "prepare").iter_shards(columns=["problem_id", "question"]):
+                for pid, q in zip(t["problem_id"].to_pylist(), t["question"].to_pylist()):
+                    ids.add(pid)
+                    questions[_normalise(q)] = pid
+    else:
+        for p in load_problems(cfg.task)[0]:
+            ids.add(p["problem_id"])
+            questions[_normalise(p["question"])] = p["problem_id"]
+    return ids, questions
+
+
+MAX_REPEATED_SHARE = 0.05  # more held-out questions than this repeating training ones: the sets overlap
+
+
+def check_overlap(heldout: list[dict], ids: set[str], questions: dict[str, str]) -> tuple[list[dict], list[dict]]:
+    """Held-out problems that are not training problems, and the rest as rejects.
+
+    A shared problem id means the two sets overlap (say, the same seed range): refused. A
+    question that repeats a training question under another id is left out, with its reason;
+    the arithmetic generator draws the same small problem now and then. More than
+    MAX_REPEATED_SHARE of them is a set overlap too, and refused.
+    """
+    same_id = [p["problem_id"] for p in heldout if p["problem_id"] in ids]
+    if same_id:
+        raise ValueError(
+            f"evaluate: {len(same_id)} of {len(heldout)} held-out problems are also training problems "
+            f"(same id: {', '.join(same_id[:3])}); a held-out set must never feed training: for the arithmetic "
+            "generator move evaluate.seed_offset (or evaluate.task.arithmetic.seed_offset) past the training count"
+        )
+    kept, rejects = [], []
+    for p in heldout:
+        twin = questions.get(_normalise(p["question"]))
+        if twin is None:
+            kept.append(p)
+        else:
+            rejects.append({"stage": "evaluate", "source_index": None, "problem_id": p["problem_id"],
+                            "reason": f"held-out question repeats training problem {twin}: left out", "raw": p["question"][:500]})
+    if len(rejects) > MAX_REPEATED_SHARE * len(heldout):
+        raise ValueError(
+            f"evaluate: {len(rejects)} of {len(heldout)} held-out questions are also training questions, e.g. "
+            f"{rejects[0]['problem_id']} ({rejects[0]['reason']}); a held-out set must never feed training: "
+            "point evaluate.task at problems the run does not train on"
+        )
+    return kept, rejects
+
+
+def eval_model(cfg: Config, k: int) -> str:
+    """The model iteration k is scored on: the base model for 0, else the one trained in k."""
+    if k < 0:
+        raise ValueError(f"evaluate: iteration {k}; use 0 for the base model or k >= 1 for iteration k's model")
+    return cfg.model.path if k == 0 else trained_model(cfg, k)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def rate(correct: int, n: int) -> dict:
+    p = correct / n if n else 0.0
+    return {"n": n, "correct": correct, "accuracy": round(p, 4), "stderr": round(math.sqrt(p * (1 - p) / n), 4) if n else 0.0}
+
+
+def scores(rows: list[dict], cfg: Config) -> dict:
+    """eval.json's figures from the per-problem rows."""
+    result = rate(sum(r["correct"] for r in rows), len(rows))
+    breakdown = {}
+    metas = [json.loads(r["metadata"] or "{}") for r in rows]
+    for key in cfg.evaluate.breakdown:
+        groups: dict[str, list[bool]] = defaultdict(list)
+        for r, m in zip(rows, metas):
+            if m.get(key) is not None:
+                groups[str(m[key])].append(r["correct"])
+        if groups:
+            breakdown[key] = {v: rate(sum(g), len(g)) for v, g in sorted(groups.items())}
+    result["by"] = breakdown
+    result["statuses"] = dict(Counter(r["status"] for r in rows))
+    result["finish_reasons"] = dict(Counter(r["finish_reason"] for r in rows))
+    result["mean_completion_tokens"] = round(sum(r["completion_tokens"] for r in rows) / len(rows), 1) if rows else 0.0
+    pk = cfg.evaluate.pass_at_k
+    if pk is not None and rows:
+        result["pass_at_k"] = {
+            "n": pk.n, "temperature": pk.temperature, "top_p": pk.top_p,
+            "values": {str(k): round(sum(pass_at_k(r["samples"], r["samples_correct"], k) for r in rows) / len(rows), 4)
+                       for k in pk.k},
+        }
+    return result
+
+
+def _samples_table(requests: list[Request], results, model: str) -> tuple[pa.Table, list[tuple[Request, str]]]:
+    """Engine results as the sample stage's table (for verify_table); failed requests apart."""
+    rows, failed = [], []
+    for req, res in zip(requests, results):
+        if res.error is not None or len(res.completions) != req.n:
+            failed.append((req, res.error or f"engine returned {len(res.completions)} of {req.n} completions"))
+            continue
+        prompt = json.dumps(req.messages, ensure_ascii=False)
+        for idx, c in enumerate(res.completions):
+            rows.append({"problem_id": req.key, "sample_idx": idx, "prompt": prompt, "text": c.text,
+                         "finish_reason": c.finish_reason, "prompt_tokens": res.prompt_tokens,
+                         "completion_tokens": c.completion_tokens, "cumulative_logprob": c.cumulative_logprob,
+                         "model": model, "seed": req.seed})
+    return schema.table(rows, schema.SAMPLES), failed
+
+
+def fingerprint(cfg: Config, model: str, task_cfg: TaskConfig, verifier, problems: list[dict]) -> dict:
+    return {
+        "problems": digest([p["problem_id"] for p in problems]),  # what is left after the overlap guard
+        "model": {"path": model, "identity": model_fingerprint(model),
+                  **cfg.model.model_dump(mode="json", exclude={"path"})},
+        "engine": cfg.sample.engine,
+        "heldout": {**task_cfg.model_dump(mode="json"), "default_user": get_task(task_cfg).default_user_prompt},
+        "source": _source_identity(task_cfg.path),
+        "evaluate": cfg.evaluate.model_dump(mode="json", exclude={"task", "count", "seed_offset"}),
+        "verifier": verifier.fingerprint(),
+        "seed": cfg.run.seed,
+    }
+
+
+def run(cfg: Config, iteration: int, force: bool = False) -> dict:
+    started = time.time()
+    model = eval_model(cfg, iteration)
+    task_cfg = heldout_task(cfg)
+    problems, rejects = load_problems(task_cfg)
+    problems, repeated = check_overlap(problems, *training_problems(cfg))
+    rejects += repeated
+    if not problems:
+        raise ValueError(f"evaluate: the held-out task has no usable problems ({len(rejects)} rejected)")
+    engine_cfg = cfg.model_copy(deep=True)
+    engine_cfg.model.path = model
+    engine_cfg.task = task_cfg  # the engine serves the held-out problems
+    spec = verifier_spec(engine_cfg)
+    verifier = get_verifier(spec, cfg.verify.params)
+    ev = cfg.evaluate
+    with open_writer(cfg, iteration, "evaluate", fingerprint(cfg, model, task_cfg, verifier, problems), force) as writer:
+        if writer.up_to_date:
+            return up_to_date("evaluate", writer)
+        task = get_task(task_cfg)
+        per_shard = cfg.run.problems_per_shard
+        shards = {part_name(i): problems[s:s + per_shard] for i, s in enumerate(range(0, len(problems), per_shard))}
+        todo = [n for n in shards if not writer.is_done(n)]
+        greedy = cfg.sample.model_copy(update={"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": ev.max_tokens})
+        sampled = None
+        if ev.pass_at_k is not None:
+            pk = ev.pass_at_k
+            sampled = cfg.sample.model_copy(update={"n": pk.n, "temperature": pk.temperature, "top_p": pk.top_p,
+                                                    "max_tokens": ev.max_tokens})
+        engine = load_engine(engine_cfg) if todo else None
+        try:
+            with VerifyPool(spec, cfg.verify.params, cfg.verify.workers, cfg.verify.timeout_s,
+                            cfg.verify.memory_limit_mb) if todo else contextlib.nullcontext() as pool:
+                per_request = engine is not None and use_request_seed(cfg, engine)
+                for i, name in enumerate(todo, 1):
+                    rows, shard_rejects = evaluate_shard(shards[name], task_cfg, task, engine, pool, verifier.name,
+                                                         greedy, sampled, per_request, iteration, cfg.run.seed,
+                                                         desc=f"evaluate {name} ({i}/{len(todo)})")
+                    failed = len(shard_rejects)
+                    if name == part_name(0):
+                        shard_rejects += rejects  # the held-out source's own rejects, kept once
+                    writer.write_shard(name, schema.table(rows, ROWS), schema.table(shard_rejects, schema.REJECTS),
+                                       failed=failed)
+        finally:
+            if engine is not None:
+                engine.close()
+        rows = [r for n in shards for r in pq.read_table(writer.path / n).to_pylist()]
+        failed = sum(writer.done[n]["failed"] for n in shards)
+        check(len(rows) + failed == len(problems),
+              f"evaluate: {len(rows)} rows + {failed} failed requests for {len(problems)} problems")
+        result = {"iteration": iteration, "model": model, "task": task_cfg.name, "verifier": spec,
+                  "max_tokens": ev.max_tokens, "problems": len(problems), **scores(rows, cfg),
+                  "engine_failed": failed, "left_out": len(rejects)}
+        atomic_write_json(writer.path / "eval.json", result)
+        manifest = writer.finish(list(shards), stats={k: result[k] for k in ("accuracy", "n", "correct", "stderr")})
+    by_steps = result["by"].get("steps", {})
+    steps = "".join(f"; {s} step{'s' * (s != '1')} {v['accuracy']:.1%} (n={v['n']})" for s, v in by_steps.items())
+    pk = "".join(f", pass@{k} {v:.1%}" for k, v in result.get("pass_at_k", {}).get("values", {}).items())
+    left_out = f"; {result['left_out']} held-out problems left out, see _rejects.parquet" if result["left_out"] else ""
+    summary("evaluate", f"iteration {iteration} ({model}): greedy accuracy {result['accuracy']:.1%} ± {result['stderr']:.1%} "
+            f"({result['correct']}/{result['n']} held-out {task_cfg.name} problems){steps}{pk}{left_out} -> {writer.path / 'eval.json'}",
+            started)
+    return manifest
+
+
+def evaluate_shard(problems, task_cfg, task, engine, pool, verifier_name, greedy, sampled, per_request, iteration, seed, desc=""):
+    """One shard of held-out problems -> per-problem rows (greedy verdict, pass@k counts) and rejects."""
+    by_id = {p["problem_id"]: p for p in problems}
+    messages = {pid: render_prompt(task_cfg, task, p["question"]) for pid, p in by_id.items()}
+    requests = [Request(pid, messages[pid], 1) for pid in by_id]
+    table, failed = _samples_table(requests, engine.generate(requests, greedy, desc=desc), engine.model_name)
+    verdicts = {r["problem_id"]: r for r in verify_table(table, by_id, pool, verifier_name).to_pylist()}
+    counts: dict[str, int] = {}
+    if sampled is not None:
+        requests_k = [Request(pid, messages[pid], sampled.n, request_seed(seed, iteration, pid) if per_request else None)
+                      for pid in by_id if pid in verdicts]
+        table_k, failed_k = _samples_table(requests_k, engine.generate(requests_k, sampled, desc=f"{desc} pass@k"),
+                                           engine.model_name)
+        failed += failed_k
+        for r in verify_table(table_k, by_id, pool, verifier_name).to_pylist():
+            counts[r["problem_id"]] = counts.get(r["problem_id"], 0) + (r["status"] == "correct")
+    failed_ids = {req.key for req, _ in failed}
+    rows = []
+    for pid, p in by_id.items():
+        if pid in failed_ids:
+            continue
+        v = verdicts[pid]
+        rows.append({**p, "text": v["text"], "finish_reason": v["finish_reason"], "completion_tokens": v["completion_tokens"],
+                     "extracted": v["extracted"], "status": v["status"], "reason": v["reason"],
+                     "correct": v["status"] == "correct",
+                     "samples": sampled.n if sampled is not None else None,
+                     "samples_correct": counts.get(pid, 0) if sampled is not None else None})
+    rejects = [{"stage": "evaluate", "source_index": None, "problem_id": req.key, "reason": f"engine: {reason}", "raw": None}
+               for req, reason in failed]
+    return rows, rejects

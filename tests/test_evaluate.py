@@ -1,0 +1,109 @@
+"""The evaluate stage: its own held-out problems, accuracy with stderr, the overlap guard."""
+
+import json
+import math
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import DEFAULT_MODEL_DIR, load_config
+from pipeline.stages import reader, stage_dir
+from pipeline.stages.evaluate import pass_at_k
+from tests.conftest import ROOT, selfimprove, write_config
+
+
+def _eval(cfg, k=0):
+    return json.loads((stage_dir(cfg, k, "evaluate") / "eval.json").read_text())
+
+
+def test_accuracy_and_breakdown_agree_with_the_verdicts(fake_config, capsys):
+    config = fake_config(evaluate={"count": 12})
+    assert main(["evaluate", "--config", str(config), "--iter", "0"]) == 0
+    cfg = load_config(config)
+    result = _eval(cfg)
+    rows = reader(cfg, 0, "evaluate").read_all().to_pylist()
+    # its own problems, from the held-out seed range: never the run's training problems
+    assert [r["problem_id"] for r in rows] == [f"arith-{1_000_000 + i}" for i in range(12)]
+    assert not stage_dir(cfg, 0, "prepare").exists()
+    correct = sum(r["status"] == "correct" for r in rows)
+    assert 0 < correct < 12  # the fake engine gets about 2/3 right
+    assert result["n"] == 12 and result["correct"] == correct and result["accuracy"] == round(correct / 12, 4)
+    p = correct / 12
+    assert result["stderr"] == round(math.sqrt(p * (1 - p) / 12), 4)
+    steps = result["by"]["steps"]
+    assert sum(v["n"] for v in steps.values()) == 12 and sum(v["correct"] for v in steps.values()) == correct
+    assert set(steps) <= {"1", "2"}
+    assert "greedy accuracy" in capsys.readouterr().out
+    assert main(["evaluate", "--config", str(config), "--iter", "0"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_refuses_held_out_problems_that_are_training_problems(fake_config, tmp_path, capsys):
+    config = fake_config()  # training problems: arith-0 .. arith-19
+    assert main(["prepare", "--config", str(config)]) == 0
+    capsys.readouterr()
+    # the same seed range: same ids
+    assert main(["evaluate", "--config", str(config), "--iter", "0", "--set", "evaluate.seed_offset=15"]) == 1
+    err = capsys.readouterr().err
+    assert "5 of 200 held-out problems are also training problems (same id: arith-15, arith-16" in err
+    # other ids, but training questions word for word
+    question = reader(load_config(config), 1, "prepare").read_all()["question"][3].as_py()
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text(json.dumps({"question": question, "answer": "1", "id": "other-1"}) + "\n"
+                       + json.dumps({"question": "What is 2 + 2?", "answer": "4", "id": "other-2"}) + "\n")
+    config = fake_config(evaluate={"task": {"name": "columns", "path": str(heldout), "columns": {"id": "id"}}})
+    assert main(["evaluate", "--config", str(config), "--iter", "0"]) == 1
+    assert "1 of 2 held-out questions are also training questions, e.g. other-1" in capsys.readouterr().err
+    assert not (stage_dir(load_config(config), 0, "evaluate") / "_SUCCESS").exists()
+
+
+def test_a_chance_repeat_of_a_training_question_is_left_out(fake_config, tmp_path):
+    """The generator draws the same small problem now and then: that one is left out, with its reason."""
+    config = fake_config()
+    assert main(["prepare", "--config", str(config)]) == 0
+    question = reader(load_config(config), 1, "prepare").read_all()["question"][3].as_py()
+    heldout = tmp_path / "heldout.jsonl"
+    lines = [{"question": question, "answer": "1", "id": "repeat"}]
+    lines += [{"question": f"Ava has {i} apples. She buys {i} more apples. How many apples does Ava have now?",
+               "answer": str(2 * i), "id": f"fresh-{i}"} for i in range(100, 124)]
+    heldout.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    config = fake_config(evaluate={"task": {"name": "columns", "path": str(heldout), "columns": {"id": "id"}}})
+    assert main(["evaluate", "--config", str(config), "--iter", "0"]) == 0
+    cfg = load_config(config)
+    assert _eval(cfg)["n"] == 24 and _eval(cfg)["left_out"] == 1
+    assert "repeat" not in reader(cfg, 0, "evaluate").read_all()["problem_id"].to_pylist()
+    reasons = reader(cfg, 0, "evaluate").rejects().to_pylist()
+    assert [(r["problem_id"], r["reason"]) for r in reasons] == [("repeat", "held-out question repeats training problem arith-3: left out")]
+
+
+def test_iteration_without_a_trained_model_names_the_command(fake_config, capsys):
+    assert main(["evaluate", "--config", str(fake_config()), "--iter", "2"]) == 1
+    assert "make iterate ITER=2" in capsys.readouterr().err
+
+
+def test_pass_at_k_estimator():
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
+    assert pass_at_k(4, 0, 4) == 0.0 and pass_at_k(4, 1, 4) == 1.0
+
+
+@pytest.mark.engine
+def test_base_model_on_a_handful_of_problems(tmp_path):
+    """Iteration 0, the real engine and model: greedy accuracy with stderr, and pass@k."""
+    config = write_config(tmp_path / "c.yaml", {
+        "run": {"dir": str(tmp_path / "run")},
+        "model": {"path": str(ROOT / DEFAULT_MODEL_DIR)},
+        "evaluate": {"count": 6, "max_tokens": 96, "pass_at_k": {"n": 3, "k": [1, 3]}},
+    })
+    out = selfimprove("evaluate", "--config", config, "--iter", 0).stdout
+    assert "greedy accuracy" in out
+    cfg = load_config(config)
+    result = _eval(cfg)
+    assert result["n"] == 6 and 0 <= result["accuracy"] <= 1 and result["stderr"] >= 0
+    rows = reader(cfg, 0, "evaluate").read_all().to_pylist()
+    assert len(rows) == 6 and all(r["text"] and r["completion_tokens"] > 0 for r in rows)
+    assert sum(r["correct"] for r in rows) == result["correct"]
+    assert all(r["samples"] == 3 and 0 <= r["samples_correct"] <= 3 for r in rows)
+    values = result["pass_at_k"]["values"]
+    assert 0 <= values["1"] <= values["3"] <= 1
+    assert values["3"] == round(sum(r["samples_correct"] > 0 for r in rows) / 6, 4)
