@@ -47,7 +47,7 @@ class VLLMServer:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.log_path = Path(log_path or f"/tmp/vllm-server-{self.port}.log")
         self.args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-                     "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "bfloat16",
+                     "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32",
                      "--max-model-len", str(max_model_len), "--enforce-eager", "--seed", str(seed)]
         self.proc: subprocess.Popen | None = None
 

