@@ -19,7 +19,7 @@ EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(EXTRA)
 MODEL := data/models/smollm2-135m-instruct/config.json
 
-.PHONY: setup run test bench prepare sample verify dedup export iterate status clean distclean
+.PHONY: setup run test bench prepare sample verify rationalize dedup export train evaluate iterate loop report status demo clean distclean
 
 setup: $(STAMP) $(MODEL)
 
@@ -29,6 +29,8 @@ $(STAMP): pyproject.toml
 	@# pip resolves these to CUDA builds that break `import transformers` and `from vllm import LLM`
 	@# on CPU; text generation needs none of them.
 	@if [ "$(EXTRA)" = cpu ]; then $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true; fi
+	@# bubblewrap sandboxes model-written code (the `code` verifier); installed where we can, never fatal
+	@command -v bwrap >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && { apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; }; } >/dev/null 2>&1) || echo "warning: bubblewrap (bwrap) is not installed and could not be: the code verifier will refuse to run (install the 'bubblewrap' package, or set sandbox: rlimits)"
 	@touch $@
 
 $(MODEL): | $(STAMP)
@@ -40,27 +42,82 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-status: | $(STAMP)
-	@$(SI) status $(ARGS)
+# `make bench` runs every benchmark in benchmarks/; `make bench BENCH=dedup` runs one.
+bench: setup $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.run $(if $(BENCH),--only $(BENCH))
 
-# One target per stage; `make iterate ITER=k` makes iteration k's export.
-$(IT)/problems/_SUCCESS: $(CONFIG) | $(STAMP)
-	$(SI) prepare $(ARGS)
-$(IT)/samples/_SUCCESS: $(IT)/problems/_SUCCESS $(CONFIG) | $(MODEL)
-	$(SI) sample $(ARGS)
-$(IT)/verified/_SUCCESS: $(IT)/samples/_SUCCESS $(CONFIG)
-	$(SI) verify $(ARGS)
-$(IT)/selected/_SUCCESS: $(IT)/verified/_SUCCESS $(CONFIG)
-	$(SI) dedup $(ARGS)
-$(IT)/export/_SUCCESS: $(IT)/selected/_SUCCESS $(CONFIG)
-	$(SI) export $(ARGS)
+# Training needs TRL (extra `train`); installed on first use.
+STAMP-train := $(VENV)/.installed-train
+$(STAMP-train): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[train]"
+	@touch $@
+
+$(VENV)/.installed-bench: pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	@touch $@
+
+status: | $(STAMP)
+	@$(SI) status --config $(CONFIG) --set run.dir=$(RUN)
+
+# One target per stage, for any iteration k: data/runs/<run>/iter-<k>/<stage dir>/_SUCCESS.
+# Each depends on the stage before it and on the config, so make reruns only what is stale; a
+# stage whose config or input changed is rebuilt (make passes --force; the bare CLI refuses).
+# Iteration k samples with the model trained in iteration k-1; iteration 0 is the base model,
+# evaluated only.
+R := $(RUN)/iter-
+args = --config $(CONFIG) --iter $(1) --set run.dir=$(RUN) --force
+ITERS ?= 3
+LAST := $(shell echo $$(( $(ITER) > $(ITERS) ? $(ITER) : $(ITERS) )))
+
+# Explicit rules per iteration (a pattern rule may not appear twice in one chain, and
+# iteration k's chain runs through iteration k-1's).
+define iteration_rules
+$(R)$(1)/problems/_SUCCESS: $(CONFIG) | $(STAMP)
+	$(SI) prepare $(call args,$(1))
+$(R)$(1)/samples/_SUCCESS: $(R)$(1)/problems/_SUCCESS $(if $(2),$(R)$(2)/model/_SUCCESS) $(CONFIG) | $(MODEL)
+	$(SI) sample $(call args,$(1))
+$(R)$(1)/verified/_SUCCESS: $(R)$(1)/samples/_SUCCESS $(CONFIG)
+	$(SI) verify $(call args,$(1))
+$(R)$(1)/rationalized/_SUCCESS: $(R)$(1)/verified/_SUCCESS $(CONFIG)
+	$(SI) rationalize $(call args,$(1))
+$(R)$(1)/selected/_SUCCESS: $(R)$(1)/rationalized/_SUCCESS $(CONFIG)
+	$(SI) dedup $(call args,$(1))
+$(R)$(1)/export/_SUCCESS: $(R)$(1)/selected/_SUCCESS $(CONFIG)
+	$(SI) export $(call args,$(1))
+$(R)$(1)/model/_SUCCESS: $(R)$(1)/export/_SUCCESS $(CONFIG) | $(STAMP-train)
+	$(SI) train $(call args,$(1))
+$(R)$(1)/eval/_SUCCESS: $(R)$(1)/model/_SUCCESS $(CONFIG) | $(STAMP-train)
+	$(SI) evaluate $(call args,$(1))
+endef
+$(foreach k,$(shell seq 1 $(LAST)),$(eval $(call iteration_rules,$(k),$(filter-out 0,$(shell echo $$(($(k) - 1)))))))
+
+# Iteration 0 is the base model, evaluated only.
+$(R)0/eval/_SUCCESS: $(CONFIG) | $(MODEL)
+	$(SI) evaluate $(call args,0)
 
 prepare: $(IT)/problems/_SUCCESS
 sample: $(IT)/samples/_SUCCESS
 verify: $(IT)/verified/_SUCCESS
+rationalize: $(IT)/rationalized/_SUCCESS
 dedup: $(IT)/selected/_SUCCESS
 export: $(IT)/export/_SUCCESS
-iterate: $(IT)/export/_SUCCESS
+train: $(IT)/model/_SUCCESS
+evaluate: $(IT)/eval/_SUCCESS
+
+# `make iterate ITER=k`: sample -> ... -> export -> train -> evaluate for iteration k, then the report.
+iterate: $(IT)/eval/_SUCCESS $(R)0/eval/_SUCCESS
+	$(SI) report $(call args,$(ITER))
+
+# `make loop ITERS=3`: the base model's evaluation, then iterations 1..ITERS, each resumable.
+loop: setup
+	@for k in $$(seq 1 $(ITERS)); do $(MAKE) --no-print-directory iterate ITER=$$k CONFIG=$(CONFIG) RUN=$(RUN) || exit 1; done
+
+# `make demo`: three iterations on configs/demo.yaml, shown to raise held-out accuracy (README).
+demo: setup
+	$(MAKE) --no-print-directory loop CONFIG=configs/demo.yaml ITERS=3
+
+report: | $(STAMP)
+	$(SI) report $(call args,$(ITER))
 
 clean:
 	rm -rf $(RUN)

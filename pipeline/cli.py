@@ -10,10 +10,13 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from pipeline.config import ConfigError, load_config
 from pipeline.stages import STAGES, InvariantError, reader, run_stage, stage_dir
-from pipeline.store import StoreError
+from pipeline.store import StoreError, run_lock
+
+DATA_STAGES = STAGES[: STAGES.index("export") + 1]  # what `selfimprove run` does: the data, no training
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -27,11 +30,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfimprove", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="run every stage of one iteration, then print the funnel")
+    p = sub.add_parser("run", help="run the data stages of one iteration (prepare ... export), then print the funnel")
     _common(p)
     for stage in STAGES:
         _common(sub.add_parser(stage, help=f"run the {stage} stage"))
-    p = sub.add_parser("status", help="show each stage of an iteration: done, partial or missing")
+    p = sub.add_parser("status", help="every iteration's stages: done, stale, partial or missing, with counts")
+    _common(p)
+    p = sub.add_parser("report", help="write <run dir>/report.md with plots from every iteration so far")
     _common(p)
     p = sub.add_parser("verifiers", help="list verifiers, or measure one on labelled cases")
     vsub = p.add_subparsers(dest="verifiers_command", required=True)
@@ -49,18 +54,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def status(cfg, iteration: int) -> None:
-    print(f"run {cfg.run.name}, iteration {iteration} ({cfg.iter_dir(iteration)})")
-    for stage in STAGES:
-        path = stage_dir(cfg, iteration, stage)
-        if (path / "_SUCCESS").exists():
-            m = reader(cfg, iteration, stage).manifest
-            state = f"done     {m['rows']:>8} rows, {m['rejects']} rejects, {m['created']}"
-        elif path.exists():
-            state = "partial  (rerun to resume)"
-        else:
-            state = "missing"
-        print(f"  {stage:<8} {state}")
+def status(cfg, config_path: str | None) -> None:
+    """Every iteration on disk (at least iteration 1), each stage done, stale, partial or missing.
+
+    Stale means what make means: older than the stage before it or than the config file, so
+    `make iterate` will recheck it (and rebuild it if its fingerprint changed).
+    """
+    from pipeline.stages.report import iterations
+
+    config_mtime = Path(config_path).stat().st_mtime if config_path else 0.0
+    print(f"run {cfg.run.name} ({cfg.run_dir})")
+    for k in sorted(set(iterations(cfg)) | {1}):
+        print(f"iteration {k}" + (" (base model)" if k == 0 else ""))
+        previous = config_mtime
+        for stage in STAGES:
+            if k == 0 and stage != "evaluate":
+                continue
+            path = stage_dir(cfg, k, stage)
+            done = path / "_SUCCESS"
+            if done.exists():
+                m = json.loads((path / "_manifest.json").read_text())
+                stale = done.stat().st_mtime < previous
+                state = f"{'stale' if stale else 'done':<8} {m['rows']:>8} rows, {m['rejects']} rejects, {m['created']}"
+                previous = max(previous, done.stat().st_mtime)
+            else:
+                state = "partial  (rerun to resume)" if path.exists() else "missing"
+                previous = float("inf")
+            print(f"  {stage:<12} {state}")
 
 
 def verifiers_command(args) -> int:
@@ -90,16 +110,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "verifiers":
             return verifiers_command(args)
         cfg = load_config(args.config, args.overrides)
-        if args.iteration < 1:
-            raise ConfigError("--iter must be 1 or more")
         if args.command == "status":
-            status(cfg, args.iteration)
+            status(cfg, args.config)
             return 0
+        if args.command == "report":
+            from pipeline.stages.report import run as report
+
+            report(cfg)
+            return 0
+        if args.iteration < (0 if args.command == "evaluate" else 1):
+            raise ConfigError("--iter must be 1 or more (0, the base model, only for evaluate)")
         started = time.time()
-        stages = STAGES if args.command == "run" else [args.command]
+        stages = DATA_STAGES if args.command == "run" else [args.command]
         manifest = None
-        for stage in stages:
-            manifest = run_stage(stage, cfg, args.iteration, force=args.force)
+        with run_lock(cfg.run_dir):  # one command per run directory at a time
+            for stage in stages:
+                manifest = run_stage(stage, cfg, args.iteration, force=args.force)
         if stages[-1] == "export" and manifest is not None:
             from pipeline.stages.export import print_funnel
 
@@ -111,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (StoreError, InvariantError, ValueError, FileNotFoundError) as e:
         print(f"selfimprove: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a permission: nothing half-written is kept
+        print(f"selfimprove: error: {e}; fix that, then rerun the same command (finished shards are kept)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("selfimprove: interrupted; rerun the same command to resume", file=sys.stderr)

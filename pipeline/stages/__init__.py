@@ -13,8 +13,9 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.store import StageReader, StageWriter
 
-STAGES = ["prepare", "sample", "verify", "dedup", "export"]
-OUTPUT = {"prepare": "problems", "sample": "samples", "verify": "verified", "dedup": "selected", "export": "export"}
+STAGES = ["prepare", "sample", "verify", "rationalize", "dedup", "export", "train", "evaluate"]
+OUTPUT = {"prepare": "problems", "sample": "samples", "verify": "verified", "rationalize": "rationalized",
+          "dedup": "selected", "export": "export", "train": "model", "evaluate": "eval"}
 
 
 class InvariantError(RuntimeError):
@@ -23,6 +24,16 @@ class InvariantError(RuntimeError):
 
 def stage_dir(cfg: Config, iteration: int, stage: str) -> Path:
     return cfg.iter_dir(iteration) / OUTPUT[stage]
+
+
+def sampling_config(cfg: Config, iteration: int) -> Config:
+    """The config iteration k samples with: the model trained in iteration k-1 (k=1: the base model)."""
+    if iteration <= 1:
+        return cfg
+    from pipeline.stages.train import model_for_iteration
+
+    model = cfg.model.model_copy(update={"path": model_for_iteration(cfg, iteration)})
+    return cfg.model_copy(update={"model": model})
 
 
 def reader(cfg: Config, iteration: int, stage: str) -> StageReader:
@@ -57,5 +68,9 @@ def summary(stage: str, text: str, started: float) -> None:
 def run_stage(name: str, cfg: Config, iteration: int, force: bool = False) -> dict:
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    if cfg.run.executor == "ray" and name in ("sample", "verify", "dedup"):
+        from pipeline.executors.ray import run_stage as run_on_ray  # same stage directory, work done by Ray
+
+        return run_on_ray(name, cfg, iteration, force=force)
     module = importlib.import_module(f"pipeline.stages.{name}")
     return module.run(cfg, iteration, force=force)

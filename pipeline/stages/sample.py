@@ -2,7 +2,9 @@
 
 One request per problem asks for all n samples (`SamplingParams(n=k)`), so the prompt is
 computed once; a whole shard goes to the engine in one call. The engine is loaded only if a
-shard is left to do, so a finished or resumed stage starts in seconds. A request the engine
+shard is left to do, so a finished or resumed stage starts in seconds. Shards are handed to the
+engine lazily and committed as the engine finishes them (`Engine.generate_shards`), so an
+engine may keep working across shard boundaries. A request the engine
 cannot serve (say, a prompt longer than the context) goes to `_rejects.parquet`.
 """
 
@@ -16,7 +18,7 @@ from pipeline import schema
 from pipeline.config import Config
 from pipeline.engines import Request, load_engine
 from pipeline.model import model_identity
-from pipeline.stages import check, open_writer, pending, reader, summary, up_to_date
+from pipeline.stages import check, open_writer, pending, reader, sampling_config, summary, up_to_date
 from pipeline.tasks import get_task, render_prompt
 
 
@@ -26,13 +28,21 @@ def request_seed(run_seed: int, iteration: int, problem_id: str) -> int:
     return int.from_bytes(h[:4], "little")
 
 
+def _model_identity(cfg: Config) -> dict:
+    if cfg.sample.engine == "openai":
+        served = cfg.sample.server.model or cfg.model.path
+        return {"served_model": served, **model_identity(served)}
+    return model_identity(cfg.model.path)
+
+
 def fingerprint(cfg: Config, iteration: int, input_hash: str) -> dict:
     task = get_task(cfg.task)
     return {
         "input": input_hash,
-        "sample": cfg.sample.model_dump(mode="json"),
+        # sample.server says how to reach a server, not what it samples: only its model name counts
+        "sample": cfg.sample.model_dump(mode="json", exclude={"server"}),
         "prompt": {**cfg.task.prompt.model_dump(mode="json"), "default_user": task.default_user_prompt},
-        "model": {**cfg.model.model_dump(mode="json"), "identity": model_identity(cfg.model.path)},
+        "model": {**cfg.model.model_dump(mode="json"), "identity": _model_identity(cfg)},
         "seed": [cfg.run.seed, iteration],
     }
 
@@ -46,6 +56,7 @@ def use_request_seed(cfg: Config, engine) -> bool:
 
 def run(cfg: Config, iteration: int, force: bool = False) -> dict:
     started = time.time()
+    cfg = sampling_config(cfg, iteration)
     problems = reader(cfg, iteration, "prepare")
     with open_writer(cfg, iteration, "sample", fingerprint(cfg, iteration, problems.output_hash), force) as writer:
         if writer.up_to_date:
@@ -58,14 +69,23 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
         try:
             per_request = engine is not None and use_request_seed(cfg, engine)
             gen_started = time.time()
-            for k, name in enumerate(todo, 1):
-                table = problems.read_shard(name)
+
+            sent: dict[str, list[Request]] = {}  # requests of shards handed to the engine, not yet back
+
+            def shard_requests():
+                for name in todo:
+                    table = problems.read_shard(name)
+                    requests = []
+                    for pid, question in zip(table["problem_id"].to_pylist(), table["question"].to_pylist()):
+                        seed = request_seed(cfg.run.seed, iteration, pid) if per_request else None
+                        requests.append(Request(pid, render_prompt(cfg.task, task, question), n, seed))
+                    sent[name] = requests
+                    yield name, requests
+
+            finished = engine.generate_shards(shard_requests(), cfg.sample, journal_dir=writer.path) if engine else ()
+            for name, results in finished:
+                requests = sent.pop(name)
                 rows, rejects = [], []
-                requests = []
-                for pid, question in zip(table["problem_id"].to_pylist(), table["question"].to_pylist()):
-                    seed = request_seed(cfg.run.seed, iteration, pid) if per_request else None
-                    requests.append(Request(pid, render_prompt(cfg.task, task, question), n, seed))
-                results = engine.generate(requests, cfg.sample, desc=f"sample {name} ({k}/{len(todo)})")
                 check(len(results) == len(requests), f"engine returned {len(results)} results for {len(requests)} requests")
                 for req, res in zip(requests, results):
                     if res.error is not None or len(res.completions) != n:
@@ -91,17 +111,21 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
         finally:
             if engine is not None:
                 engine.close()
-        totals = [writer.done[s["file"]]["rows"] for s in problems.shards]
+        names = [s["file"] for s in problems.shards]
+        missing = [name for name in names if not writer.is_done(name)]
+        check(not missing, f"sample: the engine returned nothing for shards {missing[:5]}")
+        totals = [writer.done[name]["rows"] for name in names]
+        rejected = sum(writer.done[name].get("rejects", 0) for name in names)
+        check(  # before finish: a stage that breaks it is never marked _SUCCESS
+            sum(totals) == (problems.rows - rejected) * n,
+            f"sample: {sum(totals)} samples for ({problems.rows} problems - {rejected} rejected) x n={n}",
+        )
         rate = f"; {samples / gen_seconds:.1f} samples/s, {tokens / gen_seconds:.0f} tokens/s" if todo and gen_seconds else ""
         manifest = writer.finish(
-            [s["file"] for s in problems.shards],
+            names,
             stats={"n": n, "problems": problems.rows, "samples": sum(totals), "new_samples": samples,
                    "new_completion_tokens": tokens, "shards_resumed": len(problems.shards) - len(todo)},
         )
-    check(
-        manifest["rows"] == (problems.rows - manifest["rejects"]) * n,
-        f"sample: {manifest['rows']} samples for ({problems.rows} problems - {manifest['rejects']} rejected) x n={n}",
-    )
     summary(
         "sample",
         f"{problems.rows} problems x n={n} -> {manifest['rows']} samples"

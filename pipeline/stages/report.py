@@ -1,0 +1,176 @@
+"""report: one page per run, `report.md` with PNG plots, refreshed after every iteration.
+
+It reads only what the stages wrote (eval.json, stats.json, the verify and rationalize
+shards), so it can be regenerated at any time and never changes data. Plots: held-out
+accuracy per iteration (iteration 0 is the base model), the funnel per iteration, correct
+samples per problem, pass@k on the training problems, and the share of rationalized rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.stages import reader, stage_dir, summary
+
+FUNNEL_STEPS = ["samples", "correct", "kept", "exported"]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from c correct of n samples (Chen et al. 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def iterations(cfg: Config) -> list[int]:
+    found = []
+    for p in cfg.run_dir.glob("iter-*"):
+        suffix = p.name.removeprefix("iter-")
+        if suffix.isdigit():
+            found.append(int(suffix))
+    return sorted(found)
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def collect(cfg: Config) -> dict:
+    """Everything the report shows, per iteration, from what the stages left on disk."""
+    out = {}
+    for k in iterations(cfg):
+        item: dict = {}
+        ev = stage_dir(cfg, k, "evaluate") / "eval.json"
+        if (ev.parent / "_SUCCESS").exists():
+            item["eval"] = _json(ev)
+        export = stage_dir(cfg, k, "export")
+        if (export / "_SUCCESS").exists():
+            item["export"] = _json(export / "stats.json")
+        if (stage_dir(cfg, k, "verify") / "_SUCCESS").exists():
+            correct: Counter = Counter()
+            total: Counter = Counter()
+            for _, t in reader(cfg, k, "verify").iter_shards(columns=["problem_id", "status"]):
+                for pid, status in zip(t["problem_id"].to_pylist(), t["status"].to_pylist()):
+                    total[pid] += 1
+                    correct[pid] += status == "correct"
+            item["correct_per_problem"] = [correct[p] for p in total]
+            n = max(total.values(), default=0)
+            item["pass_at_k"] = {
+                kk: sum(pass_at_k(total[p], correct[p], kk) for p in total) / len(total)
+                for kk in range(1, n + 1) if all(total[p] >= kk for p in total)
+            } if total else {}
+        if item:
+            out[k] = item
+    return out
+
+
+def _plots(data: dict, folder: Path) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    evals = {k: d["eval"] for k, d in data.items() if d.get("eval")}
+    if evals:
+        ks = sorted(evals)
+        acc = [100 * evals[k]["accuracy"] for k in ks]
+        err = [200 * evals[k].get("stderr", 0.0) for k in ks]
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.errorbar(ks, acc, yerr=err, marker="o", capsize=4)
+        ax.set(xlabel="iteration (0 = base model)", ylabel="held-out greedy accuracy (%)",
+               title="Held-out accuracy (bars: 2 standard errors)", xticks=ks)
+        ax.grid(alpha=0.3)
+        made.append(("accuracy.png", "Held-out accuracy per iteration"))
+        fig.tight_layout(), fig.savefig(folder / "accuracy.png", dpi=110), plt.close(fig)
+    funnels = {k: d["export"]["funnel"] for k, d in data.items() if d.get("export")}
+    if funnels:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        width = 0.8 / len(funnels)
+        for j, (k, f) in enumerate(sorted(funnels.items())):
+            ax.bar([i + j * width for i in range(len(FUNNEL_STEPS))], [f.get(s, 0) for s in FUNNEL_STEPS],
+                   width, label=f"iter {k}")
+        ax.set_xticks([i + width * (len(funnels) - 1) / 2 for i in range(len(FUNNEL_STEPS))], FUNNEL_STEPS)
+        ax.set(ylabel="rows", title="Funnel per iteration")
+        ax.legend()
+        made.append(("funnel.png", "Funnel per iteration"))
+        fig.tight_layout(), fig.savefig(folder / "funnel.png", dpi=110), plt.close(fig)
+    hists = {k: d["correct_per_problem"] for k, d in data.items() if d.get("correct_per_problem")}
+    if hists:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        top = max(max(h) for h in hists.values())
+        for k, h in sorted(hists.items()):
+            counts = Counter(h)
+            ax.plot(range(top + 1), [counts.get(i, 0) for i in range(top + 1)], marker="o", label=f"iter {k}")
+        ax.set(xlabel="correct samples of a problem", ylabel="problems", title="Correct samples per problem")
+        ax.legend()
+        made.append(("correct_per_problem.png", "Correct samples per problem (first round)"))
+        fig.tight_layout(), fig.savefig(folder / "correct_per_problem.png", dpi=110), plt.close(fig)
+    curves = {k: d["pass_at_k"] for k, d in data.items() if d.get("pass_at_k")}
+    if curves:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for k, curve in sorted(curves.items()):
+            ax.plot(list(curve), [100 * v for v in curve.values()], marker="o", label=f"iter {k}")
+        ax.set(xlabel="k", ylabel="pass@k (%)", title="pass@k on the training problems")
+        ax.legend()
+        made.append(("pass_at_k.png", "pass@k on the sampled problems"))
+        fig.tight_layout(), fig.savefig(folder / "pass_at_k.png", dpi=110), plt.close(fig)
+    if funnels:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ks = sorted(funnels)
+        share = [100 * funnels[k].get("rationalized_exported", 0) / max(1, funnels[k]["exported"]) for k in ks]
+        ax.bar([str(k) for k in ks], share)
+        ax.set(xlabel="iteration", ylabel="% of exported rows", title="Rationalized share of the export")
+        made.append(("rationalized.png", "Share of rationalized rows"))
+        fig.tight_layout(), fig.savefig(folder / "rationalized.png", dpi=110), plt.close(fig)
+    return made
+
+
+def render(cfg: Config, data: dict, plots: list[tuple[str, str]]) -> str:
+    lines = [f"# {cfg.run.name}: self-improvement report", "",
+             f"Task `{cfg.task.name}`, base model `{cfg.model.path}`, {len(data)} iteration(s) on disk.", ""]
+    evals = {k: d["eval"] for k, d in data.items() if d.get("eval")}
+    if evals:
+        base = evals.get(0, {}).get("accuracy")
+        lines += ["## Held-out accuracy (greedy)", "", "| iteration | model | accuracy | ± stderr | n | vs base |",
+                  "|---|---|---|---|---|---|"]
+        for k in sorted(evals):
+            e = evals[k]
+            gain = f"{100 * (e['accuracy'] - base):+.1f} pts" if base is not None and k else ""
+            model = "base" if k == 0 else f"iter-{k}/model"
+            lines.append(f"| {k} | {model} | {100 * e['accuracy']:.1f}% | {100 * e.get('stderr', 0):.1f} | {e['n']} | {gain} |")
+        lines.append("")
+    funnels = {k: d["export"]["funnel"] for k, d in data.items() if d.get("export")}
+    if funnels:
+        lines += ["## Funnel", "", "| iteration | problems | samples | correct | rationalized correct | kept | exported |",
+                  "|---|---|---|---|---|---|---|"]
+        for k in sorted(funnels):
+            f = funnels[k]
+            lines.append(f"| {k} | {f['problems']} | {f['samples']} | {f['correct']} | {f.get('rationalized_correct', 0)}"
+                         f" | {f['kept']} | {f['exported']} |")
+        lines.append("")
+    for file, title in plots:
+        lines += [f"### {title}", "", f"![{title}]({file})", ""]
+    lines.append(f"_Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `selfimprove report`._")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: Config, iteration: int | None = None, force: bool = False) -> Path:
+    started = time.time()
+    folder = cfg.run_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    data = collect(cfg)
+    plots = _plots(data, folder)
+    out = folder / "report.md"
+    tmp = out.with_name(".report.md.tmp")
+    tmp.write_text(render(cfg, data, plots))
+    tmp.replace(out)
+    evals = {k: d["eval"]["accuracy"] for k, d in data.items() if d.get("eval")}
+    acc = ", ".join(f"iter {k} {100 * v:.1f}%" for k, v in sorted(evals.items())) or "no evaluations yet"
+    summary("report", f"{out} ({len(plots)} plots; held-out accuracy: {acc})", started)
+    return out
