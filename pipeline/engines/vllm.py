@@ -66,7 +66,7 @@ def llm_kwargs(cfg: Config) -> dict:
     m = cfg.model
     kwargs = dict(
         model=resolve_model_path(m.path),
-        dtype=engine_dtype(m.dtype, self.cpu),
+        dtype=engine_dtype(m.dtype, is_cpu_build()),
         max_model_len=m.max_model_len,
         seed=cfg.run.seed,
         enforce_eager=m.enforce_eager,
