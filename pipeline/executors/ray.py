@@ -123,7 +123,7 @@ class SampleActor:
         import json
 
         from pipeline.engines import Request
-        from pipeline.stages.sample import request_seed
+        from pipeline.stages.sample import request_seed, shard_rows
         from pipeline.tasks import get_task, render_prompt
 
         cfg, n = self.cfg, self.cfg.sample.n
@@ -143,23 +143,7 @@ class SampleActor:
         except Exception as e:  # the engine itself broke: let Ray restart this actor and retry the shard
             print(f"sample actor: engine failed on {name} ({type(e).__name__}: {e}); restarting", file=sys.stderr, flush=True)
             os._exit(1)
-        check(len(results) == len(requests), f"engine returned {len(results)} results for {len(requests)} requests")
-        rows, rejects, tokens = [], [], 0
-        for req, res in zip(requests, results):
-            if res.error is not None or len(res.completions) != n:
-                reason = res.error or f"engine returned {len(res.completions)} of {n} samples"
-                rejects.append({"stage": "sample", "source_index": None, "problem_id": req.key, "reason": reason, "raw": None})
-                continue
-            prompt = json.dumps(req.messages, ensure_ascii=False)
-            for idx, c in enumerate(res.completions):  # all n of them
-                rows.append({
-                    "problem_id": req.key, "sample_idx": idx, "prompt": prompt, "text": c.text,
-                    "finish_reason": c.finish_reason, "prompt_tokens": res.prompt_tokens,
-                    "completion_tokens": c.completion_tokens, "cumulative_logprob": c.cumulative_logprob,
-                    "model": self.engine.model_name, "seed": req.seed if req.seed is not None else self.engine.seed,
-                })
-                tokens += c.completion_tokens
-        check(len(rows) == (len(requests) - len(rejects)) * n, f"sample {name}: {len(rows)} rows for {len(requests) - len(rejects)} problems x n={n}")
+        rows, rejects, tokens = shard_rows(name, requests, results, n, self.engine)  # all n of each request
         return schema.table(rows, schema.SAMPLES), schema.table(rejects, schema.REJECTS), tokens
 
 
@@ -265,13 +249,7 @@ def run_verify(cfg: Config, iteration: int, force: bool = False) -> dict:
     started = time.time()
     problems = reader(cfg, iteration, "prepare")
     samples = reader(cfg, iteration, "sample")
-    parts = {  # the same fingerprint as pipeline/stages/verify.py: the executors share a stage directory
-        "input": samples.output_hash,
-        "problems": problems.output_hash,
-        "verifier": verifier.fingerprint(),
-        "timeout_s": cfg.verify.timeout_s,
-        "memory_limit_mb": cfg.verify.memory_limit_mb,
-    }
+    parts = verify.fingerprint(cfg, samples, problems, verifier)  # the executors share a stage directory
     with open_writer(cfg, iteration, "verify", parts, force) as writer:
         if writer.up_to_date:
             return up_to_date("verify", writer)

@@ -47,6 +47,33 @@ def fingerprint(cfg: Config, iteration: int, input_hash: str) -> dict:
     }
 
 
+def shard_rows(name: str, requests: list[Request], results: list, n: int, engine) -> tuple[list[dict], list[dict], int]:
+    """One shard's sample rows (all n per request) and reject rows, and its completion tokens.
+
+    Shared by the local and the Ray executor, so both write the same rows. A request the engine
+    failed, or answered with fewer than n samples, becomes a reject row with the reason.
+    """
+    check(len(results) == len(requests), f"engine returned {len(results)} results for {len(requests)} requests")
+    rows, rejects, tokens = [], [], 0
+    for req, res in zip(requests, results):
+        if res.error is not None or len(res.completions) != n:
+            reason = res.error or f"engine returned {len(res.completions)} of {n} samples"
+            rejects.append({"stage": "sample", "source_index": None, "problem_id": req.key, "reason": reason, "raw": None})
+            continue
+        prompt = json.dumps(req.messages, ensure_ascii=False)
+        for idx, c in enumerate(res.completions):
+            rows.append({
+                "problem_id": req.key, "sample_idx": idx, "prompt": prompt, "text": c.text,
+                "finish_reason": c.finish_reason, "prompt_tokens": res.prompt_tokens,
+                "completion_tokens": c.completion_tokens, "cumulative_logprob": c.cumulative_logprob,
+                "model": engine.model_name, "seed": req.seed if req.seed is not None else engine.seed,
+            })
+            tokens += c.completion_tokens
+    check(len(rows) == (len(requests) - len(rejects)) * n,
+          f"sample {name}: {len(rows)} rows for {len(requests) - len(rejects)} problems x n={n}")
+    return rows, rejects, tokens
+
+
 def use_request_seed(cfg: Config, engine) -> bool:
     mode = cfg.sample.per_request_seed
     if mode == "on" and not engine.supports_request_seed():
@@ -85,26 +112,8 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
             finished = engine.generate_shards(shard_requests(), cfg.sample, journal_dir=writer.path) if engine else ()
             for name, results in finished:
                 requests = sent.pop(name)
-                rows, rejects = [], []
-                check(len(results) == len(requests), f"engine returned {len(results)} results for {len(requests)} requests")
-                for req, res in zip(requests, results):
-                    if res.error is not None or len(res.completions) != n:
-                        reason = res.error or f"engine returned {len(res.completions)} of {n} samples"
-                        rejects.append({"stage": "sample", "source_index": None, "problem_id": req.key, "reason": reason, "raw": None})
-                        continue
-                    prompt = json.dumps(req.messages, ensure_ascii=False)
-                    for idx, c in enumerate(res.completions):
-                        rows.append({
-                            "problem_id": req.key, "sample_idx": idx, "prompt": prompt, "text": c.text,
-                            "finish_reason": c.finish_reason, "prompt_tokens": res.prompt_tokens,
-                            "completion_tokens": c.completion_tokens, "cumulative_logprob": c.cumulative_logprob,
-                            "model": engine.model_name, "seed": req.seed if req.seed is not None else engine.seed,
-                        })
-                        tokens += c.completion_tokens
-                check(
-                    len(rows) == (len(requests) - len(rejects)) * n,
-                    f"sample {name}: {len(rows)} rows for {len(requests) - len(rejects)} problems x n={n}",
-                )
+                rows, rejects, shard_tokens = shard_rows(name, requests, results, n, engine)
+                tokens += shard_tokens
                 samples += len(rows)
                 writer.write_shard(name, schema.table(rows, schema.SAMPLES), schema.table(rejects, schema.REJECTS))
             gen_seconds = time.time() - gen_started

@@ -34,12 +34,8 @@ def verifier_spec(cfg: Config) -> str:
     return get_task(cfg.task).default_verifier if cfg.verify.verifier == "auto" else cfg.verify.verifier
 
 
-def run(cfg: Config, iteration: int, force: bool = False) -> dict:
-    started = time.time()
-    problems = reader(cfg, iteration, "prepare")
-    samples = reader(cfg, iteration, "sample")
-    spec = verifier_spec(cfg)
-    verifier = get_verifier(spec, cfg.verify.params)
+def fingerprint(cfg: Config, samples, problems, verifier: Verifier, judge: "JudgeStep | None" = None) -> dict:
+    """What the verdicts depend on; the local and the Ray executor write one stage directory with it."""
     parts = {
         "input": samples.output_hash,
         "problems": problems.output_hash,
@@ -47,9 +43,19 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
         "timeout_s": cfg.verify.timeout_s,
         "memory_limit_mb": cfg.verify.memory_limit_mb,
     }
-    judge = JudgeStep(cfg, verifier) if verifier.uses_engine else None
-    if judge is not None:
+    if judge is not None:  # only then: adding the key would re-verify every existing run
         parts["judge"] = judge.identity()
+    return parts
+
+
+def run(cfg: Config, iteration: int, force: bool = False) -> dict:
+    started = time.time()
+    problems = reader(cfg, iteration, "prepare")
+    samples = reader(cfg, iteration, "sample")
+    spec = verifier_spec(cfg)
+    verifier = get_verifier(spec, cfg.verify.params)
+    judge = JudgeStep(cfg, verifier) if verifier.uses_engine else None
+    parts = fingerprint(cfg, samples, problems, verifier, judge)
     with open_writer(cfg, iteration, "verify", parts, force) as writer:
         if writer.up_to_date:
             return up_to_date("verify", writer)
