@@ -9,22 +9,15 @@ samples per problem, pass@k on the training problems, and the share of rationali
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
 from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.stages import reader, stage_dir, summary
+from pipeline.stages.evaluate import pass_at_k
 
 FUNNEL_STEPS = ["samples", "correct", "kept", "exported"]
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from c correct of n samples (Chen et al. 2021)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 
 def iterations(cfg: Config) -> list[int]:
@@ -69,6 +62,15 @@ def collect(cfg: Config) -> dict:
     return out
 
 
+def _save(fig, folder: Path, file: str, title: str) -> tuple[str, str]:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(folder / file, dpi=110)
+    plt.close(fig)
+    return file, title
+
+
 def _plots(data: dict, folder: Path) -> list[tuple[str, str]]:
     import matplotlib
 
@@ -86,8 +88,7 @@ def _plots(data: dict, folder: Path) -> list[tuple[str, str]]:
         ax.set(xlabel="iteration (0 = base model)", ylabel="held-out greedy accuracy (%)",
                title="Held-out accuracy (bars: 2 standard errors)", xticks=ks)
         ax.grid(alpha=0.3)
-        made.append(("accuracy.png", "Held-out accuracy per iteration"))
-        fig.tight_layout(), fig.savefig(folder / "accuracy.png", dpi=110), plt.close(fig)
+        made.append(_save(fig, folder, "accuracy.png", "Held-out accuracy per iteration"))
     funnels = {k: d["export"]["funnel"] for k, d in data.items() if d.get("export")}
     if funnels:
         fig, ax = plt.subplots(figsize=(6, 3.2))
@@ -98,8 +99,7 @@ def _plots(data: dict, folder: Path) -> list[tuple[str, str]]:
         ax.set_xticks([i + width * (len(funnels) - 1) / 2 for i in range(len(FUNNEL_STEPS))], FUNNEL_STEPS)
         ax.set(ylabel="rows", title="Funnel per iteration")
         ax.legend()
-        made.append(("funnel.png", "Funnel per iteration"))
-        fig.tight_layout(), fig.savefig(folder / "funnel.png", dpi=110), plt.close(fig)
+        made.append(_save(fig, folder, "funnel.png", "Funnel per iteration"))
     hists = {k: d["correct_per_problem"] for k, d in data.items() if d.get("correct_per_problem")}
     if hists:
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -109,8 +109,7 @@ def _plots(data: dict, folder: Path) -> list[tuple[str, str]]:
             ax.plot(range(top + 1), [counts.get(i, 0) for i in range(top + 1)], marker="o", label=f"iter {k}")
         ax.set(xlabel="correct samples of a problem", ylabel="problems", title="Correct samples per problem")
         ax.legend()
-        made.append(("correct_per_problem.png", "Correct samples per problem (first round)"))
-        fig.tight_layout(), fig.savefig(folder / "correct_per_problem.png", dpi=110), plt.close(fig)
+        made.append(_save(fig, folder, "correct_per_problem.png", "Correct samples per problem (first round)"))
     curves = {k: d["pass_at_k"] for k, d in data.items() if d.get("pass_at_k")}
     if curves:
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -118,16 +117,14 @@ def _plots(data: dict, folder: Path) -> list[tuple[str, str]]:
             ax.plot(list(curve), [100 * v for v in curve.values()], marker="o", label=f"iter {k}")
         ax.set(xlabel="k", ylabel="pass@k (%)", title="pass@k on the training problems")
         ax.legend()
-        made.append(("pass_at_k.png", "pass@k on the sampled problems"))
-        fig.tight_layout(), fig.savefig(folder / "pass_at_k.png", dpi=110), plt.close(fig)
+        made.append(_save(fig, folder, "pass_at_k.png", "pass@k on the sampled problems"))
     if funnels:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         ks = sorted(funnels)
         share = [100 * funnels[k].get("rationalized_exported", 0) / max(1, funnels[k]["exported"]) for k in ks]
         ax.bar([str(k) for k in ks], share)
         ax.set(xlabel="iteration", ylabel="% of exported rows", title="Rationalized share of the export")
-        made.append(("rationalized.png", "Share of rationalized rows"))
-        fig.tight_layout(), fig.savefig(folder / "rationalized.png", dpi=110), plt.close(fig)
+        made.append(_save(fig, folder, "rationalized.png", "Share of rationalized rows"))
     return made
 
 
