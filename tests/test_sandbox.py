@@ -194,6 +194,26 @@ def test_rlimits_mode_still_limits_memory_time_and_processes():
     assert ok.ok and ok.stdout == b"mine\n"
     forks = box.run(["python", "-c", FORK_COUNT])
     assert forks.ok and int(forks.stdout) < 16
+    if os.geteuid() == 0:  # as root each run has a uid of its own, and what it left running dies with it
+        escape = "import os, sys, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(30)\nprint('left')"
+        result, marker = run_code(box, escape)
+        assert result.ok and result.stdout == b"left\n"
+        assert survivors(marker) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give each run a uid of its own")
+def test_rlimits_runs_at_once_do_not_share_the_process_limit():
+    """Verify workers run code at the same time: one run's processes must not eat another's limit."""
+    import threading
+    box = Sandbox("rlimits", Limits(wall_s=10.0, cpu_s=5, memory_mb=256, nproc=8))
+    sleeper = threading.Thread(target=box.run, args=(["python", "-c", "import os, time\nfor _ in range(6):\n    os.fork()\n    time.sleep(0.05)\ntime.sleep(3)"],))
+    sleeper.start()
+    time.sleep(1.0)  # the first run now holds its 8 processes
+    try:
+        forks = box.run(["python", "-c", FORK_COUNT.replace("500", "5")])
+        assert forks.ok and int(forks.stdout) == 5
+    finally:
+        sleeper.join()
 
 
 def test_code_verifier_refuses_without_bubblewrap_unless_opted_in(monkeypatch, tmp_path, capsys):

@@ -18,14 +18,18 @@ exempt from the process limit, and nobody owns nothing outside.
 
 "rlimits" mode, for machines without bubblewrap, keeps only the rlimits, a private temporary
 directory, the uid drop and the wall-clock kill of the process group. The code can then read
-whatever "nobody" can read, use the network, and leave processes behind. It is a weaker
-opt-in with a loud warning, never a silent fallback.
+whatever "nobody" can read, use the network, and (unless we are root) leave processes behind.
+It is a weaker opt-in with a loud warning, never a silent fallback. As root, each rlimits run
+gets a uid of its own that no other process has: RLIMIT_NPROC, which counts every process of a
+user, then counts only this run's (not other runs of the verify pool, nor a killed run's
+processes still exiting), and at the end every process with that uid is killed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import selectors
 import shutil
 import signal
@@ -39,6 +43,7 @@ from functools import lru_cache
 MODES = ("bwrap", "rlimits")
 WORKDIR = "/sandbox"  # the code's private working directory inside the sandbox
 SANDBOX_UID = 65534  # "nobody": what the code runs as when we are root
+RUN_UIDS = range(1_900_000_000, 2_000_000_000)  # rlimits mode as root: one unused uid per run
 PYTHON_CANDIDATES = ("/usr/bin/python3", "/usr/local/bin/python3")
 
 WARNING = (
@@ -188,8 +193,10 @@ class Sandbox:
         for name in files:
             if not name or os.path.isabs(name) or ".." in name.split("/"):
                 raise ValueError(f"sandbox file name must be relative and inside the work dir, got {name!r}")
-        # Under bubblewrap the run has its own user namespace, where only its own processes count.
-        others = _tasks_of(SANDBOX_UID if os.geteuid() == 0 else os.geteuid()) if self.mode == "rlimits" else 0
+        # Under bubblewrap the run has its own user namespace, where only its own processes count;
+        # in rlimits mode as root it has a uid of its own; otherwise our user's other processes count too.
+        run_uid = _unused_uid() if self.mode == "rlimits" and os.geteuid() == 0 else None
+        others = _tasks_of(os.geteuid()) if self.mode == "rlimits" and run_uid is None else 0
         launcher = [self.python, "-I", "-S", "-c", _LAUNCHER, json.dumps([limits.rlimits(others), self.mode == "rlimits"])]
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
         with tempfile.TemporaryFile() as stdin_file:
@@ -197,7 +204,7 @@ class Sandbox:
             stdin_file.seek(0)
             if self.mode == "bwrap":
                 return self._run_bwrap(launcher + argv, files, env, stdin_file, limits)
-            return self._run_rlimits(launcher + argv, files, env, stdin_file, limits)
+            return self._run_rlimits(launcher + argv, files, env, stdin_file, limits, run_uid)
 
     def _run_bwrap(self, command, files, env, stdin_file, limits) -> SandboxResult:
         args = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
@@ -226,26 +233,32 @@ class Sandbox:
             for f in sources:
                 f.close()
 
-    def _run_rlimits(self, command, files, env, stdin_file, limits) -> SandboxResult:
+    def _run_rlimits(self, command, files, env, stdin_file, limits, run_uid: int | None) -> SandboxResult:
         with tempfile.TemporaryDirectory(prefix="selfimprove-sandbox-") as work:
             for name, content in files.items():
                 path = os.path.join(work, name)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "wb") as f:
                     f.write(content)
-            if os.geteuid() == 0:  # the code runs as nobody: give it its directory
+            if run_uid is not None:  # the code runs as its own uid: give it its directory
                 for root, dirs, names in os.walk(work):
                     for path in [root, *(os.path.join(root, n) for n in dirs + names)]:
-                        os.chown(path, SANDBOX_UID, SANDBOX_UID)
-            return _execute(command, work, {**env, "HOME": work, "TMPDIR": work}, stdin_file, limits, [])
+                        os.chown(path, run_uid, run_uid)
+            try:
+                return _execute(command, work, {**env, "HOME": work, "TMPDIR": work}, stdin_file, limits, [],
+                                run_uid=run_uid)
+            finally:
+                if run_uid is not None:
+                    _kill_user(run_uid)
 
 
 def _execute(args: list[str], cwd: str | None, env: dict, stdin_file, limits: Limits, pass_fds: list[int],
-             info_fd: int | None = None) -> SandboxResult:
-    """Start args in a new session (as nobody when we are root), collect at most
+             info_fd: int | None = None, run_uid: int | None = None) -> SandboxResult:
+    """Start args in a new session (as `run_uid`, else nobody, when we are root), collect at most
     `output_bytes` of output, and SIGKILL the process group at the end or at the wall-clock limit.
     `info_fd`: where bwrap reports its sandbox's init, whose end means every process in it ended."""
-    as_nobody = {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []} if os.geteuid() == 0 else {}
+    uid = run_uid if run_uid is not None else SANDBOX_UID
+    as_nobody = {"user": uid, "group": uid, "extra_groups": []} if os.geteuid() == 0 else {}
     started = time.monotonic()
     deadline = started + limits.wall_s
     proc = subprocess.Popen(args, cwd=cwd, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -282,19 +295,45 @@ def _execute(args: list[str], cwd: str | None, env: dict, stdin_file, limits: Li
     return SandboxResult(code, bytes(out[:cap]), bytes(err[:cap]), timed_out, exceeded, time.monotonic() - started)
 
 
-def _tasks_of(uid: int) -> int:
-    """Threads (what RLIMIT_NPROC counts) of processes whose real user is uid."""
-    count = 0
+def _tasks_by_pid(uid: int, live_only: bool = False) -> dict[int, int]:
+    """pid -> threads (what RLIMIT_NPROC counts) of the processes whose real user is uid;
+    `live_only` leaves out zombies (dead, waiting for a parent to reap them)."""
+    tasks = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
                 with open(f"/proc/{entry.name}/status") as f:
                     status = dict(line.split(":", 1) for line in f if ":" in line)
-                if int(status["Uid"].split()[0]) == uid:
-                    count += int(status["Threads"])
+                if int(status["Uid"].split()[0]) == uid and not (live_only and status["State"].split()[0] in "ZX"):
+                    tasks[int(entry.name)] = int(status["Threads"])
             except (OSError, KeyError, ValueError):
                 continue
-    return count
+    return tasks
+
+
+def _tasks_of(uid: int) -> int:
+    return sum(_tasks_by_pid(uid).values())
+
+
+def _unused_uid() -> int:
+    """A uid from RUN_UIDS that no process has (a random pick is free unless runs number millions)."""
+    rng = random.SystemRandom()
+    while True:
+        uid = rng.choice(RUN_UIDS)
+        if not _tasks_by_pid(uid):
+            return uid
+
+
+def _kill_user(uid: int) -> None:
+    """SIGKILL every process of a run's own uid (what it left behind, in any session), until none is left."""
+    deadline = time.monotonic() + 10.0
+    while (pids := _tasks_by_pid(uid, live_only=True)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
 
 
 def _sandbox_init(info_fd: int) -> int | None:
