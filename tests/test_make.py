@@ -6,7 +6,9 @@ stage whose config changed), so what is checked is what `make iterate` would do.
 
 import json
 import os
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -65,3 +67,34 @@ def test_status_shows_each_stage(run_args, tmp_path):
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     assert lines["prepare"].split()[1] == "done" and lines["verify"].split()[1] == "done"
     assert lines["dedup"].split()[1] == "missing"
+
+
+def test_iterate_after_a_crash_mid_train_redoes_nothing_of_iteration_1(fake_config, tmp_path):
+    """Kill `make iterate ITER=1` while it trains; `make iterate ITER=2` then finishes iteration 1's
+    training from scratch and leaves every data stage of iteration 1 as it was."""
+    config = fake_config(train={"epochs": 1, "batch_size": 32, "max_length": 256}, evaluate={"count": 8})
+    run = tmp_path / "run"
+    args = [f"CONFIG={config}", f"RUN={run}"]
+    make("export", "ITER=1", *args)
+    cfg = load_config(config)
+    before = manifests(cfg)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(["make", "--no-print-directory", "iterate", "ITER=1", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    training = run / "iter-1" / "model" / ".tmp-model"
+    deadline = time.monotonic() + 300
+    while not training.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # loading the model, building the trainer, stepping
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert training.exists() and not (run / "iter-1" / "model" / "_SUCCESS").exists(), "the kill missed the training"
+
+    out = make("iterate", "ITER=2", *args).stdout
+    assert manifests(cfg) == before  # iteration 1's data stages untouched, not even re-checked
+    ran = [(w[1], w[w.index("--iter") + 1]) for w in map(str.split, out.splitlines()) if w and w[0].endswith("/selfimprove")]
+    assert [stage for stage, k in ran if k == "1"] == ["train"]
+    assert ("sample", "2") in ran and ("evaluate", "0") in ran
+    for done in ("iter-1/model", "iter-2/model", "iter-2/eval", "iter-0/eval"):
+        assert (run / done / "_SUCCESS").exists()
+    assert not training.exists()  # the crashed attempt's leftovers were cleared
