@@ -236,6 +236,9 @@ class TrainConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="compute precision; weights stay float32. auto: bfloat16 autocast on a GPU that has it, else float32"
     )
+    gradient_checkpointing: bool | None = Field(
+        None, description="recompute activations to save memory; default: on a GPU, off on CPU (15% faster there)"
+    )
 
 
 class PassAtKConfig(Strict):

@@ -28,7 +28,7 @@ from pipeline import schema
 from pipeline.config import Config, TaskConfig, digest
 from pipeline.engines import Request, load_engine
 from pipeline.stages import check, open_writer, summary, up_to_date
-from pipeline.stages.prepare import _normalise, _source_identity, problem_id, validate_answer, validate_question
+from pipeline.stages.prepare import normalise_question, source_identity, problem_id, validate_answer, validate_question
 from pipeline.stages.sample import request_seed, use_request_seed
 from pipeline.stages.train import model_fingerprint, trained_model
 from pipeline.stages.verify import verifier_spec, verify_table
@@ -83,12 +83,12 @@ def load_problems(task_cfg: TaskConfig) -> tuple[list[dict], list[dict]]:
             question = validate_question(item.question, task_cfg.max_question_chars)
             answer = validate_answer(item.answer)
             pid = problem_id(task.name, item.id, question)
-            if pid in seen or _normalise(question) in seen:
+            if pid in seen or normalise_question(question) in seen:
                 raise ValueError(f"duplicate problem {pid}")
         except ValueError as e:
             rejects.append({"stage": "evaluate", "source_index": row.index, "problem_id": None, "reason": str(e), "raw": None})
             continue
-        seen.update((pid, _normalise(question)))
+        seen.update((pid, normalise_question(question)))
         problems.append({"problem_id": pid, "question": question, "answer": answer,
                          "metadata": json.dumps(item.metadata or {}, default=str, ensure_ascii=False)})
     return problems, rejects
@@ -105,11 +105,11 @@ def training_problems(cfg: Config) -> tuple[set[str], dict[str, str]]:
             for _, t in StageReader(d, "prepare").iter_shards(columns=["problem_id", "question"]):
                 for pid, q in zip(t["problem_id"].to_pylist(), t["question"].to_pylist()):
                     ids.add(pid)
-                    questions[_normalise(q)] = pid
+                    questions[normalise_question(q)] = pid
     else:
         for p in load_problems(cfg.task)[0]:
             ids.add(p["problem_id"])
-            questions[_normalise(p["question"])] = p["problem_id"]
+            questions[normalise_question(p["question"])] = p["problem_id"]
     return ids, questions
 
 
@@ -133,7 +133,7 @@ def check_overlap(heldout: list[dict], ids: set[str], questions: dict[str, str])
         )
     kept, rejects = [], []
     for p in heldout:
-        twin = questions.get(_normalise(p["question"]))
+        twin = questions.get(normalise_question(p["question"]))
         if twin is None:
             kept.append(p)
         else:
@@ -216,7 +216,7 @@ def fingerprint(cfg: Config, model: str, task_cfg: TaskConfig, verifier, problem
                   **cfg.model.model_dump(mode="json", exclude={"path"})},
         "engine": cfg.sample.engine,
         "heldout": {**task_cfg.model_dump(mode="json"), "default_user": get_task(task_cfg).default_user_prompt},
-        "source": _source_identity(task_cfg.path),
+        "source": source_identity(task_cfg.path),
         "evaluate": cfg.evaluate.model_dump(mode="json", exclude={"task", "count", "seed_offset"}),
         "verifier": verifier.fingerprint(),
         "seed": cfg.run.seed,

@@ -75,7 +75,7 @@ def validate_answer(answer) -> str:
     return answer
 
 
-def _normalise(question: str) -> str:
+def normalise_question(question: str) -> str:
     return re.sub(r"\s+", " ", question).strip().lower()
 
 
@@ -83,10 +83,10 @@ def problem_id(task: str, source_id, question: str) -> str:
     """The source's own id when it has one, else a hash of the question: stable across reruns."""
     if source_id is not None and str(source_id).strip():
         return str(source_id).strip()
-    return f"{task}-{hashlib.sha1(_normalise(question).encode()).hexdigest()[:12]}"
+    return f"{task}-{hashlib.sha1(normalise_question(question).encode()).hexdigest()[:12]}"
 
 
-def _source_identity(path: str | None) -> dict:
+def source_identity(path: str | None) -> dict:
     """Size and mtime of local inputs, so an edited file re-prepares; hub ids by name."""
     if not path:
         return {}
@@ -113,7 +113,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
     answer_required = gold_required(cfg)
     parts = {
         "task": cfg.task.model_dump(mode="json", exclude={"prompt"}),
-        "source": _source_identity(cfg.task.path),
+        "source": source_identity(cfg.task.path),
         "problems_per_shard": cfg.run.problems_per_shard,
         "answer_required": answer_required,
     }
@@ -160,7 +160,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
                 reject(row.index, None, str(e), row.data)
                 continue
             # a 20-byte digest, not the text: a million questions would otherwise hold their text twice
-            key = hashlib.sha1(_normalise(question).encode()).digest()
+            key = hashlib.sha1(normalise_question(question).encode()).digest()
             if key in seen_questions:
                 counts["duplicates"] += 1
                 reject(row.index, pid, f"duplicate question: collapsed into problem {seen_questions[key]}", question)

@@ -166,6 +166,7 @@ def build_trainer(model, tokenizer, examples: dict[str, list[dict]], cfg: Config
         data_seed=t.seed,
         bf16=bf16,
         use_cpu=not cuda,
+        gradient_checkpointing=cuda if t.gradient_checkpointing is None else t.gradient_checkpointing,
         max_length=None,  # rows over train.max_length were rejected, never truncated
         logging_steps=1,
         eval_strategy="epoch" if has_eval else "no",
