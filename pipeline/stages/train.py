@@ -174,13 +174,30 @@ def build_trainer(model, tokenizer, examples: dict[str, list[dict]], cfg: Config
         report_to="none",
         dataloader_num_workers=0,
     )
-    return SFTTrainer(
+    trainer_class = SFTTrainer if cuda else _plain_loss_trainer(SFTTrainer)
+    return trainer_class(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(examples["train"]),
         eval_dataset=Dataset.from_list(examples["validation"]) if has_eval else None,
         processing_class=tokenizer,
     )
+
+
+def _plain_loss_trainer(sft_trainer):
+    """SFTTrainer computing the loss from the model's own logits, as transformers' Trainer does.
+
+    Without Triton (on CPU), TRL's fused LM head scores every position in pure-PyTorch tiles:
+    measured here on SmolLM2-135M, 55 s per 16-row step instead of 38 s this way.
+    Same loss (labels -100 on the prompt); TRL's entropy and token-accuracy logs are left out."""
+    from transformers import Trainer
+
+    class PlainLossSFTTrainer(sft_trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return PlainLossSFTTrainer
 
 
 def train_model(start: str, examples: dict[str, list[dict]], cfg: Config, out: Path, work: Path) -> list[dict]:
