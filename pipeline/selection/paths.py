@@ -79,34 +79,40 @@ def _has_operator(expr: str) -> bool:
     return bool(re.search(r"\d\s*[-+*/^]|[-+*/^]\s*[\d(]", expr.strip().lstrip("-+")))
 
 
-def _checked(lhs: str, rhs: str) -> str | None:
+def _claim(lhs: str, rhs: str) -> tuple[str, str, bool] | None:
+    """(canonical lhs, stated result, whether it holds), or None when this is no calculation."""
     lhs, rhs = lhs.strip(" ."), rhs.strip()
     lead = _NUMBER.match(rhs)  # in a chain `2 + 3 = 5 + 1 = 6` the step's result leads the next part
     if lead is None or not _has_operator(lhs):
         return None
-    rhs = lead.group(0)
+    rhs = lead.group(0).rstrip(".")
     value = evaluate(lhs)
-    if value is None or not _matches(value, rhs):
+    if value is None:
         return None
-    return f"{_canonical(lhs)}={rhs.rstrip('.')}"
+    return _canonical(lhs), rhs, _matches(value, rhs)
 
 
-def equations(text: str) -> list[str]:
-    """The rationale's valid equations, in order, as canonical `lhs=result` strings."""
+def claims(text: str) -> list[tuple[str, str, bool]]:
+    """Every calculation the rationale writes, in order: (lhs, stated result, holds)."""
     text = text or ""
     annotated = _CALC.findall(text)
     if annotated:
-        return [eq for eq in (_checked(lhs, rhs) for lhs, rhs in annotated) if eq]
+        return [c for c in (_claim(lhs, rhs) for lhs, rhs in annotated) if c]
     for pattern, replacement in _REPLACEMENTS:
         text = pattern.sub(replacement, text)
     found = []
     for span in _SPAN.findall(text):
         parts = span.split("=")
         for lhs, rhs in zip(parts, parts[1:]):
-            eq = _checked(lhs, rhs)
-            if eq:
-                found.append(eq)
+            claim = _claim(lhs, rhs)
+            if claim:
+                found.append(claim)
     return found
+
+
+def equations(text: str) -> list[str]:
+    """The rationale's valid equations, in order, as canonical `lhs=result` strings."""
+    return [f"{lhs}={result}" for lhs, result, holds in claims(text) if holds]
 
 
 def path_key(text: str) -> tuple[str, ...] | None:
