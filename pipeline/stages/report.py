@@ -9,6 +9,7 @@ samples per problem, pass@k on the training problems, and the share of rationali
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -41,6 +42,10 @@ def collect(cfg: Config) -> dict:
         ev = stage_dir(cfg, k, "evaluate") / "eval.json"
         if (ev.parent / "_SUCCESS").exists():
             item["eval"] = _json(ev)
+            solved = {}
+            for _, t in reader(cfg, k, "evaluate").iter_shards(columns=["problem_id", "correct"]):
+                solved.update(zip(t["problem_id"].to_pylist(), t["correct"].to_pylist()))
+            item["solved"] = solved
         export = stage_dir(cfg, k, "export")
         if (export / "_SUCCESS").exists():
             item["export"] = _json(export / "stats.json")
@@ -128,20 +133,40 @@ def _plots(data: dict, folder: Path) -> list[tuple[str, str]]:
     return made
 
 
+def paired_gain(base: dict[str, bool], other: dict[str, bool]) -> tuple[float, float, int]:
+    """Accuracy gain of `other` over `base` on the problems both answered, its standard error
+    from the per-problem differences (paired: smaller than the two binomial errors combined
+    when both models solve the same easy problems), and the number of problems."""
+    common = [p for p in base if p in other]
+    n = len(common)
+    if n < 2:
+        return 0.0, 0.0, n
+    diffs = [int(bool(other[p])) - int(bool(base[p])) for p in common]
+    mean = sum(diffs) / n
+    variance = sum((d - mean) ** 2 for d in diffs) / (n - 1)
+    return mean, math.sqrt(variance / n), n
+
+
 def render(cfg: Config, data: dict, plots: list[tuple[str, str]]) -> str:
     lines = [f"# {cfg.run.name}: self-improvement report", "",
              f"Task `{cfg.task.name}`, base model `{cfg.model.path}`, {len(data)} iteration(s) on disk.", ""]
     evals = {k: d["eval"] for k, d in data.items() if d.get("eval")}
     if evals:
-        base = evals.get(0, {}).get("accuracy")
-        lines += ["## Held-out accuracy (greedy)", "", "| iteration | model | accuracy | ± stderr | n | vs base |",
-                  "|---|---|---|---|---|---|"]
+        base = data.get(0, {}).get("solved")
+        lines += ["## Held-out accuracy (greedy)", "",
+                  "| iteration | model | accuracy | ± stderr | n | vs base | paired SE | gain / SE |",
+                  "|---|---|---|---|---|---|---|---|"]
         for k in sorted(evals):
             e = evals[k]
-            gain = f"{100 * (e['accuracy'] - base):+.1f} pts" if base is not None and k else ""
+            gain = se = ratio = ""
+            if k and base and data[k].get("solved"):
+                g, s, _ = paired_gain(base, data[k]["solved"])
+                gain, se, ratio = f"{100 * g:+.1f} pts", f"{100 * s:.1f}", f"{g / s:.1f}" if s else ""
             model = "base" if k == 0 else f"iter-{k}/model"
-            lines.append(f"| {k} | {model} | {100 * e['accuracy']:.1f}% | {100 * e.get('stderr', 0):.1f} | {e['n']} | {gain} |")
-        lines.append("")
+            lines.append(f"| {k} | {model} | {100 * e['accuracy']:.1f}% | {100 * e.get('stderr', 0):.1f} | {e['n']} "
+                         f"| {gain} | {se} | {ratio} |")
+        lines += ["", "Gains are measured on the same held-out problems, so their standard error is the paired one "
+                  "(of the per-problem differences); a gain is clear of noise when gain / SE exceeds 2.", ""]
     funnels = {k: d["export"]["funnel"] for k, d in data.items() if d.get("export")}
     if funnels:
         lines += ["## Funnel", "", "| iteration | problems | samples | correct | rationalized correct | kept | exported |",
