@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import load_config
-from pipeline.stages import run_stage
+from pipeline.stages import reader, run_stage
 
 PROBLEMS, N, MAX_TOKENS = 16, 4, 64
 
@@ -49,7 +49,10 @@ def _timed_sample(cfg) -> float:
     started = time.time()
     manifest = run_stage("sample", cfg, 1)
     seconds = time.time() - started
-    assert manifest["rows"] == PROBLEMS * N, f"{manifest['rows']} samples, expected {PROBLEMS * N}"
+    if manifest["rows"] != PROBLEMS * N:
+        reasons = reader(cfg, 1, "sample").rejects()["reason"].to_pylist()
+        raise AssertionError(f"{manifest['rows']} samples, expected {PROBLEMS * N}; "
+                             f"{len(reasons)} rejects, the first: {reasons[:1]}")
     return manifest["rows"] / seconds
 
 
