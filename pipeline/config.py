@@ -215,6 +215,9 @@ class DedupConfig(Strict):
 class ExportConfig(Strict):
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="share of problems held out, by problem id")
     rows_per_shard: int = Field(50_000, ge=1)
+    trim_after_answer: bool = Field(
+        False, description="cut each completion after the first statement of its final answer (the same answer): "
+                           "trailing chatter teaches the next model to ramble")
 
 
 class TrainConfig(Strict):

@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.stages import export, reader, stage_dir
+from tests.fake_engine import FakeEngine
 
 
 def test_shards_hold_every_selected_row_once_in_order_across_batches(fake_config, monkeypatch):
@@ -25,3 +26,31 @@ def test_shards_hold_every_selected_row_once_in_order_across_batches(fake_config
         assert [t.num_rows for t in tables[:-1]] == [7] * (len(files) - 1)
         got = [(r["problem_id"], r["sample_idx"], r["completion"]) for t in tables for r in t.to_pylist()]
         assert got == rows
+
+
+CHATTER = "\n\nI hope this helps! Let me know if you have more questions."
+
+
+class ChattyEngine(FakeEngine):
+    """The test engine, rambling on after each final answer as small models do."""
+
+    def generate(self, requests, params, desc=""):
+        results = super().generate(requests, params, desc)
+        for result in results:
+            for c in result.completions:
+                c.text += CHATTER
+        return results
+
+
+def test_trim_after_answer_exports_each_completion_cut_at_its_final_answer(fake_config):
+    config = fake_config(sample={"engine": "tests.test_export_shards:ChattyEngine"}, export={"trim_after_answer": True})
+    assert main(["run", "--config", str(config)]) == 0
+    cfg = load_config(config)
+    selected = {(r["problem_id"], r["sample_idx"]): r["text"] for r in reader(cfg, 1, "dedup").read_all().to_pylist()}
+    exported = [r for f in sorted(stage_dir(cfg, 1, "export").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert exported and len(exported) == len(selected)
+    for row in exported:
+        text = selected[(row["problem_id"], row["sample_idx"])]
+        assert text.endswith(CHATTER)
+        assert row["completion"] == row["messages"][-1]["content"] == text[: -len(CHATTER)]
+        assert row["completion"].endswith(f"The answer is {row['answer']}.")

@@ -1,9 +1,11 @@
+import json
 import time
 
 import pytest
 
+from tests.conftest import SHARED
 from verifiers import extract_answer
-from verifiers.extract import final_answer
+from verifiers.extract import final_answer, trim_after_answer
 
 
 @pytest.mark.parametrize(
@@ -142,3 +144,44 @@ def test_hostile_sizes_are_fast():
         started = time.monotonic()
         assert extract_answer(text) == expected
         assert time.monotonic() - started < 2.0  # a hard limit, far above the real cost
+
+
+# --- trimming a completion after its final answer ---------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("2 + 2 = 4.\nThe answer is 4.\n\nThe answer is 4.", "2 + 2 = 4.\nThe answer is 4."),
+    ("3 + 5 = 8.\n\nThe answer is 8.\n\nHowever, it could be 9 marbles in this scenario",
+     "3 + 5 = 8.\n\nThe answer is 8."),
+    ("So x = 3, hence \\boxed{3}. I hope this helps!", "So x = 3, hence \\boxed{3}."),
+    ("48 + 18 = 66\n#### 66\nThanks for asking", "48 + 18 = 66\n#### 66"),
+    ("The answer is 4. Wait, 2 * 3 = 6, so the answer is 6.\nGood luck!",
+     "The answer is 4. Wait, 2 * 3 = 6, so the answer is 6."),  # the first statement of the *final* answer
+])
+def test_trim_after_answer_cuts_the_chatter_after_the_final_answer(text, expected):
+    assert trim_after_answer(text) == expected
+    assert extract_answer(trim_after_answer(text)) == extract_answer(text)
+
+
+@pytest.mark.parametrize("text", [
+    "2 + 2 = 4, then 4 + 1 = 5",           # last-number answer: no marker to cut after
+    "I do not know.",                       # no answer at all
+    "The answer is \\boxed{",               # cut off inside the box: no answer
+    "The answer is 7.",                     # nothing after it
+])
+def test_trim_after_answer_leaves_texts_without_a_marked_answer_or_chatter_alone(text):
+    assert trim_after_answer(text) == text
+
+
+def test_trim_after_answer_never_changes_the_answer_of_real_model_outputs():
+    """On every labelled MATH output: the trimmed text is a prefix with the same final answer."""
+    path = SHARED / "equiv" / "labelled_outputs.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} not found: the shared data set lives in ../shared/data beside the repo")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    trimmed = 0
+    for row in rows:
+        text = row["model_output"]
+        cut = trim_after_answer(text)
+        assert text.startswith(cut) and extract_answer(cut) == extract_answer(text), row["id"]
+        trimmed += cut != text
+    assert trimmed > 0

@@ -171,3 +171,35 @@ def final_answer(sample: dict, methods: Sequence[str] = METHODS) -> tuple[str, s
         if not methods:
             return None
     return extract_answer(sample.get("text"), methods)
+
+
+_ANSWER_MARK = re.compile(r"\\(?:boxed|fbox)\s*\{|\banswer\b\s*(?:is\b\s*:?|:|=)|####", re.I)
+MAX_TRIM_MARKS = 50  # cut points tried; a text stating its answer more often is left whole
+
+
+def trim_after_answer(text: str, methods: Sequence[str] = METHODS) -> str:
+    """The text up to the end of the first statement of its final answer, chatter after it removed.
+
+    "... The answer is 4.\\n\\nThe answer is 4. I hope this helps!" -> "... The answer is 4."
+    Training on the trailing chatter teaches a model to ramble (or to repeat the answer line).
+    Cut points are the ends of the sentences (and lines) that hold an answer marker ("answer
+    is", \\boxed, ####); the first whose prefix gives the same final answer by the same method
+    wins. A text without an explicit marker (last-number answers), or whose every cut changes
+    its answer, is returned unchanged, so trimming never changes what a verifier accepted.
+    """
+    if not isinstance(text, str) or not text:
+        return text
+    final = extract_answer(text, methods)
+    if final is None or final[1] == "last_number":
+        return text
+    for i, mark in enumerate(_ANSWER_MARK.finditer(text)):
+        if i >= MAX_TRIM_MARKS:
+            break
+        line_end = text.find("\n", mark.end())
+        line_end = len(text) if line_end < 0 else line_end
+        stop = _SENTENCE_END.search(text, mark.end(), line_end)
+        for cut in ([stop.end()] if stop else []) + [line_end]:
+            head = text[:cut].rstrip()
+            if extract_answer(head, methods) == final:
+                return head
+    return text
