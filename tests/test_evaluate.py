@@ -8,7 +8,10 @@ import pytest
 from pipeline.cli import main
 from pipeline.config import DEFAULT_MODEL_DIR, load_config
 from pipeline.stages import reader, stage_dir
-from pipeline.stages.evaluate import pass_at_k
+from pipeline.engines import Request
+from pipeline.stages.evaluate import heldout_task, pass_at_k
+from pipeline.tasks import get_task, render_prompt
+from tests.fake_engine import FakeEngine
 from tests.conftest import ROOT, selfimprove, write_config
 
 
@@ -79,6 +82,26 @@ def test_a_chance_repeat_of_a_training_question_is_left_out(fake_config, tmp_pat
 def test_iteration_without_a_trained_model_names_the_command(fake_config, capsys):
     assert main(["evaluate", "--config", str(fake_config()), "--iter", "2"]) == 1
     assert "make iterate ITER=2" in capsys.readouterr().err
+
+
+def test_pass_at_k_counts_each_problems_samples_across_shards(fake_config):
+    """Greedy and pass@k passes each stream every shard through the engine; each row gets its own counts."""
+    config = fake_config(run={"problems_per_shard": 5}, evaluate={"count": 12, "pass_at_k": {"n": 4, "k": [1, 4]}})
+    assert main(["evaluate", "--config", str(config), "--iter", "0"]) == 0
+    cfg = load_config(config)
+    rows = reader(cfg, 0, "evaluate").read_all().to_pylist()
+    assert len(rows) == 12 and len(list(stage_dir(cfg, 0, "evaluate").glob("part-*.parquet"))) == 3
+
+    engine = FakeEngine(cfg.model_copy(update={"task": heldout_task(cfg)}))
+    for row in rows:  # the fake engine is deterministic: ask it again, count the right answers
+        request = Request(row["problem_id"], render_prompt(heldout_task(cfg), get_task(heldout_task(cfg)), row["question"]), 4)
+        (result,) = engine.generate([request], cfg.sample)
+        expected = sum(c.text.endswith(f"The answer is {row['answer']}.") for c in result.completions)
+        assert row["samples"] == 4 and row["samples_correct"] == expected, row["problem_id"]
+    values = _eval(cfg)["pass_at_k"]["values"]
+    assert values["1"] == round(sum(r["samples_correct"] for r in rows) / 48, 4)
+    assert values["4"] == round(sum(r["samples_correct"] > 0 for r in rows) / 12, 4)
+    assert 0 < values["1"] < values["4"]
 
 
 def test_pass_at_k_estimator():

@@ -256,15 +256,39 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
             with VerifyPool(spec, cfg.verify.params, cfg.verify.workers, cfg.verify.timeout_s,
                             cfg.verify.memory_limit_mb) if todo else contextlib.nullcontext() as pool:
                 per_request = engine is not None and use_request_seed(cfg, engine)
-                for i, name in enumerate(todo, 1):
-                    rows, shard_rejects = evaluate_shard(shards[name], task_cfg, task, engine, pool, verifier.name,
-                                                         greedy, sampled, per_request, iteration, cfg.run.seed,
-                                                         desc=f"evaluate {name} ({i}/{len(todo)})")
+                # All pending shards go to the engine at once (generate_shards keeps its batch full
+                # across them); each is committed as soon as its verdicts are in.
+                greedy_requests = {name: [Request(p["problem_id"], render_prompt(task_cfg, task, p["question"]), 1)
+                                          for p in shards[name]] for name in todo}
+                finished: dict[str, tuple[list[dict], list[dict]]] = {}
+
+                def commit(name: str, rows: list[dict], shard_rejects: list[dict]) -> None:
                     failed = len(shard_rejects)
                     if name == part_name(0):
-                        shard_rejects += rejects  # the held-out source's own rejects, kept once
+                        shard_rejects = shard_rejects + rejects  # the held-out source's own rejects, kept once
                     writer.write_shard(name, schema.table(rows, ROWS), schema.table(shard_rejects, schema.REJECTS),
                                        failed=failed)
+
+                greedy_results = engine.generate_shards(((n, greedy_requests[n]) for n in todo), greedy) if todo else ()
+                for name, results in greedy_results:
+                    rows, shard_rejects = greedy_rows(shards[name], greedy_requests[name], results, engine.model_name,
+                                                      pool, verifier.name)
+                    if sampled is None:
+                        commit(name, rows, shard_rejects)
+                    else:
+                        finished[name] = (rows, shard_rejects)
+                if sampled is not None and todo:  # pass@k: a second pass over the shards, n samples per problem
+                    messages = {req.key: req.messages for reqs in greedy_requests.values() for req in reqs}
+                    sampled_requests = {
+                        name: [Request(r["problem_id"], messages[r["problem_id"]], sampled.n,
+                                       request_seed(cfg.run.seed, iteration, r["problem_id"]) if per_request else None)
+                               for r in finished[name][0]]
+                        for name in todo}
+                    for name, results in engine.generate_shards(((n, sampled_requests[n]) for n in todo), sampled):
+                        rows, shard_rejects = finished.pop(name)
+                        shard_rejects += count_correct(rows, sampled_requests[name], results, engine.model_name, pool,
+                                                       verifier.name, sampled.n)
+                        commit(name, rows, shard_rejects)
         finally:
             if engine is not None:
                 engine.close()
@@ -287,22 +311,16 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
     return manifest
 
 
-def evaluate_shard(problems, task_cfg, task, engine, pool, verifier_name, greedy, sampled, per_request, iteration, seed, desc=""):
-    """One shard of held-out problems -> per-problem rows (greedy verdict, pass@k counts) and rejects."""
+def _failed_rejects(failed: list[tuple[Request, str]]) -> list[dict]:
+    return [{"stage": "evaluate", "source_index": None, "problem_id": req.key, "reason": f"engine: {reason}", "raw": None}
+            for req, reason in failed]
+
+
+def greedy_rows(problems, requests, results, model, pool, verifier_name) -> tuple[list[dict], list[dict]]:
+    """One shard's greedy completions -> per-problem rows with their verdicts, and rejects for failed requests."""
     by_id = {p["problem_id"]: p for p in problems}
-    messages = {pid: render_prompt(task_cfg, task, p["question"]) for pid, p in by_id.items()}
-    requests = [Request(pid, messages[pid], 1) for pid in by_id]
-    table, failed = _samples_table(requests, engine.generate(requests, greedy, desc=desc), engine.model_name)
+    table, failed = _samples_table(requests, results, model)
     verdicts = {r["problem_id"]: r for r in verify_table(table, by_id, pool, verifier_name).to_pylist()}
-    counts: dict[str, int] = {}
-    if sampled is not None:
-        requests_k = [Request(pid, messages[pid], sampled.n, request_seed(seed, iteration, pid) if per_request else None)
-                      for pid in by_id if pid in verdicts]
-        table_k, failed_k = _samples_table(requests_k, engine.generate(requests_k, sampled, desc=f"{desc} pass@k"),
-                                           engine.model_name)
-        failed += failed_k
-        for r in verify_table(table_k, by_id, pool, verifier_name).to_pylist():
-            counts[r["problem_id"]] = counts.get(r["problem_id"], 0) + (r["status"] == "correct")
     failed_ids = {req.key for req, _ in failed}
     rows = []
     for pid, p in by_id.items():
@@ -311,9 +329,19 @@ def evaluate_shard(problems, task_cfg, task, engine, pool, verifier_name, greedy
         v = verdicts[pid]
         rows.append({**p, "text": v["text"], "finish_reason": v["finish_reason"], "completion_tokens": v["completion_tokens"],
                      "extracted": v["extracted"], "status": v["status"], "reason": v["reason"],
-                     "correct": v["status"] == "correct",
-                     "samples": sampled.n if sampled is not None else None,
-                     "samples_correct": counts.get(pid, 0) if sampled is not None else None})
-    rejects = [{"stage": "evaluate", "source_index": None, "problem_id": req.key, "reason": f"engine: {reason}", "raw": None}
-               for req, reason in failed]
-    return rows, rejects
+                     "correct": v["status"] == "correct", "samples": None, "samples_correct": None})
+    return rows, _failed_rejects(failed)
+
+
+def count_correct(rows, requests, results, model, pool, verifier_name, n) -> list[dict]:
+    """pass@k: sets each row's `samples`/`samples_correct` from its n samples; a problem whose
+    request failed leaves its row (and the shard) and becomes a reject. Returns those rejects."""
+    by_id = {r["problem_id"]: r for r in rows}
+    table, failed = _samples_table(requests, results, model)
+    counts = Counter(r["problem_id"] for r in verify_table(table, by_id, pool, verifier_name).to_pylist()
+                     if r["status"] == "correct")
+    failed_ids = {req.key for req, _ in failed}
+    rows[:] = [r for r in rows if r["problem_id"] not in failed_ids]
+    for r in rows:
+        r["samples"], r["samples_correct"] = n, counts.get(r["problem_id"], 0)
+    return _failed_rejects(failed)
