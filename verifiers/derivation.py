@@ -24,7 +24,7 @@ from fractions import Fraction
 from pipeline.selection.paths import claims
 from verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
 from verifiers.extract import check_methods, final_answer
-from verifiers.numeric import NumberTooLong, parse_number
+from verifiers.numeric import parse_number_or_none
 
 
 @register("derivation")
@@ -48,10 +48,7 @@ class DerivationVerifier(Verifier):
         if found is None:
             return Verdict("no_answer", 0.0, None, "no final answer found")
         answer = found[0][:MAX_ANSWER_CHARS]
-        try:
-            value = parse_number(answer)
-        except NumberTooLong:
-            value = None
+        value = parse_number_or_none(answer)
         if value is None:
             return Verdict("wrong", 0.0, answer, f"final answer is not a number: {clip(answer)}")
         steps = claims(sample.get("text") or "")

@@ -112,6 +112,14 @@ def parse_number(text: str, allow_leading_zeros: bool = True) -> Fraction | None
     return -value if m.group("sign") == "-" else value
 
 
+
+def parse_number_or_none(text: str) -> Fraction | None:
+    """parse_number, with an over-long number counted as no number at all."""
+    try:
+        return parse_number(text)
+    except NumberTooLong:
+        return None
+
 def numbers_equal(gold: Fraction, answer: Fraction, rel_tol: float) -> bool:
     """Exact if either is an integer; otherwise within rel_tol of the larger magnitude."""
     if gold.denominator == 1 or answer.denominator == 1:
@@ -154,10 +162,7 @@ class NumericVerifier(Verifier):
 
     def compare(self, gold: str, answer: str, label: str = "answer") -> Verdict:
         """Verdict for an already extracted answer against the gold answer."""
-        try:
-            g = parse_number(gold)
-        except NumberTooLong:
-            g = None
+        g = parse_number_or_none(gold)
         if g is None:
             return Verdict("error", 0.0, answer, f"gold answer is not numeric: {clip(gold)}")
         try:
