@@ -112,13 +112,13 @@ def parse_number(text: str, allow_leading_zeros: bool = True) -> Fraction | None
     return -value if m.group("sign") == "-" else value
 
 
-
 def parse_number_or_none(text: str) -> Fraction | None:
     """parse_number, with an over-long number counted as no number at all."""
     try:
         return parse_number(text)
     except NumberTooLong:
         return None
+
 
 def numbers_equal(gold: Fraction, answer: Fraction, rel_tol: float) -> bool:
     """Exact if either is an integer; otherwise within rel_tol of the larger magnitude."""

@@ -258,8 +258,9 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
                 per_request = engine is not None and use_request_seed(cfg, engine)
                 # All pending shards go to the engine at once (generate_shards keeps its batch full
                 # across them); each is committed as soon as its verdicts are in.
-                greedy_requests = {name: [Request(p["problem_id"], render_prompt(task_cfg, task, p["question"]), 1)
-                                          for p in shards[name]] for name in todo}
+                messages = {p["problem_id"]: render_prompt(task_cfg, task, p["question"]) for n in todo for p in shards[n]}
+                greedy_requests = {name: [Request(p["problem_id"], messages[p["problem_id"]], 1) for p in shards[name]]
+                                   for name in todo}
                 finished: dict[str, tuple[list[dict], list[dict]]] = {}
 
                 def commit(name: str, rows: list[dict], shard_rejects: list[dict]) -> None:
@@ -278,7 +279,6 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
                     else:
                         finished[name] = (rows, shard_rejects)
                 if sampled is not None and todo:  # pass@k: a second pass over the shards, n samples per problem
-                    messages = {req.key: req.messages for reqs in greedy_requests.values() for req in reqs}
                     sampled_requests = {
                         name: [Request(r["problem_id"], messages[r["problem_id"]], sampled.n,
                                        request_seed(cfg.run.seed, iteration, r["problem_id"]) if per_request else None)
