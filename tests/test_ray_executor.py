@@ -73,7 +73,10 @@ def test_ray_executor_writes_what_the_local_executor_writes_and_survives_an_engi
 
 @pytest.mark.engine
 def test_ray_executor_on_the_default_model_gives_the_local_verdicts(tmp_path, local_ray):
-    """vLLM (CPU) inside a Ray actor: same seeds, same samples and verdicts as the local executor, all n per problem."""
+    """vLLM (CPU) inside a Ray actor: same seeds, same samples and verdicts as the local executor, all n per problem.
+
+    On CPU there are no per-request seeds: samples follow run.seed and the batch, so this holds for
+    one shard (the same batch on both executors)."""
     def config(name):
         return load_config(write_config(tmp_path / f"{name}.yaml", {
             "run": {"dir": str(tmp_path / name), "problems_per_shard": 4},
