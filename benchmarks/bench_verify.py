@@ -7,7 +7,7 @@ The same 10,000 GSM8K-style outputs (benchmarks/outputs.py) go through
 The two pool sizes are timed alternately, several rounds, best round each, because other work on
 the machine slows whichever side it happens to overlap. Then 1% of the outputs are replaced by
 hostile ones (a power tower, deeply nested fractions, 1 MB, NUL bytes and invalid UTF-8, fifty
-boxes): the throughput lost, and the longest any single item took (each hostile item timed alone
+boxes, a box never closed, a million-digit answer): the throughput lost, and the longest any single item took (each hostile item timed alone
 through the pool; the hard limit is `timeout_s` = 5 s).
 """
 

@@ -16,7 +16,8 @@ from pathlib import Path
 GSM8K_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
 _CALC = re.compile(r"<<[^>]*>>")
 
-HOSTILE_KINDS = ("power_tower", "nested_fractions", "one_megabyte", "nul_and_invalid_utf8", "fifty_boxes")
+HOSTILE_KINDS = ("power_tower", "nested_fractions", "one_megabyte", "nul_and_invalid_utf8", "fifty_boxes",
+                 "unclosed_box", "million_digit_number")
 
 
 def scale(n: int) -> int:
@@ -58,6 +59,10 @@ def hostile_text(kind: str, rng: random.Random) -> str:
         return "Total\x00 is \udcff\udcfe 4\x002. The answer is \x0042\udcff."
     if kind == "fifty_boxes":
         return " ".join(f"\\boxed{{{i}}}" for i in range(50))
+    if kind == "unclosed_box":  # a brace matcher that backtracks is quadratic here
+        return "\\boxed{" + "{" * 1_000_000
+    if kind == "million_digit_number":  # int() of it is quadratic and Python refuses it
+        return "The answer is " + "9" * 1_000_000 + "."
     raise ValueError(kind)
 
 

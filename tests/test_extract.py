@@ -1,5 +1,4 @@
 import json
-import time
 
 import pytest
 
@@ -127,7 +126,9 @@ def test_nul_bytes_and_lone_surrogates():
     assert extract_answer(None) is None
 
 
-def test_hostile_sizes_are_fast():
+def test_hostile_sizes_extract_the_right_answer_or_none():
+    """Megabyte outputs of every shape that trips a naive parser. (What they cost is measured by
+    `make bench BENCH=verify`, verify_hostile_max_item_s; the verify pool's hard limit caps it.)"""
     mb = 1_000_000
     cases = {
         "x" * mb + " \\boxed{7}": ("7", "boxed"),
@@ -141,9 +142,7 @@ def test_hostile_sizes_are_fast():
         "{" * mb + "}" * mb: None,
     }
     for text, expected in cases.items():
-        started = time.monotonic()
-        assert extract_answer(text) == expected
-        assert time.monotonic() - started < 2.0  # a hard limit, far above the real cost
+        assert extract_answer(text) == expected, text[:40]
 
 
 # --- trimming a completion after its final answer ---------------------------------------------
