@@ -67,7 +67,8 @@ class Engine:
         raise NotImplementedError
 
     def generate_shards(
-        self, shards: Iterable[tuple[str, list[Request]]], params: SampleConfig, journal_dir: Path | None = None
+        self, shards: Iterable[tuple[str, list[Request]]], params: SampleConfig, journal_dir: Path | None = None,
+        desc: str = "sample",
     ) -> Iterator[tuple[str, list[Result]]]:
         """Yield (shard name, results in request order) for each shard, as soon as it is complete.
 
@@ -76,9 +77,10 @@ class Engine:
         across shard boundaries (feeding the next shard while the last one drains) overrides
         it, and may yield shards out of order. `journal_dir` is the stage directory, where an
         engine may keep a per-request journal of finished requests (e.g. a remote server's).
+        `desc` names the work on the progress bar.
         """
         for name, requests in shards:
-            yield name, self.generate(requests, params, desc=f"sample {name}")
+            yield name, self.generate(requests, params, desc=f"{desc} {name}")
 
     def close(self) -> None:
         pass

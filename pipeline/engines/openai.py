@@ -420,7 +420,8 @@ class OpenAIEngine(Engine):
         return shard, tasks
 
     def generate_shards(
-        self, shards: Iterable[tuple[str, list[Request]]], params: SampleConfig, journal_dir: Path | None = None
+        self, shards: Iterable[tuple[str, list[Request]]], params: SampleConfig, journal_dir: Path | None = None,
+        desc: str = "sample",
     ) -> Iterator[tuple[str, list[Result]]]:
         from tqdm import tqdm
 
@@ -440,7 +441,7 @@ class OpenAIEngine(Engine):
         outstanding = 0  # tasks queued or running
         exhausted = False
         failed = resumed = 0
-        bar = tqdm(total=0, desc=f"sample via {self.server.base_url}", unit="sample", mininterval=1.0)
+        bar = tqdm(total=0, desc=f"{desc} via {self.server.base_url}", unit="sample", mininterval=1.0)
         try:
             while True:
                 # hand the next shard over while the server still has room, so it never idles

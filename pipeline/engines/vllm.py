@@ -142,7 +142,8 @@ class VLLMEngine(Engine):
         return submitted
 
     def generate_shards(
-        self, shards: Iterable[tuple[str, list[Request]]], params: SampleConfig, journal_dir: Path | None = None
+        self, shards: Iterable[tuple[str, list[Request]]], params: SampleConfig, journal_dir: Path | None = None,
+        desc: str = "sample",
     ) -> Iterator[tuple[str, list[Result]]]:
         """Keep the engine's batch full across shard boundaries: the next shards' requests are
         queued while earlier ones finish, and each shard is yielded as soon as all its requests
@@ -163,7 +164,7 @@ class VLLMEngine(Engine):
         owner: dict[str, tuple[str, int]] = {}  # request id -> (shard name, position)
         done: list[str] = []  # finished shards, not yet yielded
         waiting = 0  # sequences (n per request) added and not finished
-        bar = tqdm(total=0, desc="sample", unit="prompt", mininterval=1.0, dynamic_ncols=True)
+        bar = tqdm(total=0, desc=desc, unit="prompt", mininterval=1.0, dynamic_ncols=True)
         tokens, started = 0, time.monotonic()
         try:
             while True:

@@ -15,7 +15,6 @@ usual stage files. Shards are committed as they finish, so an interrupted evalua
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -251,46 +250,47 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
             pk = ev.pass_at_k
             sampled = cfg.sample.model_copy(update={"n": pk.n, "temperature": pk.temperature, "top_p": pk.top_p,
                                                     "max_tokens": ev.max_tokens})
-        engine = load_engine(engine_cfg) if todo else None
-        try:
-            with VerifyPool(spec, cfg.verify.params, cfg.verify.workers, cfg.verify.timeout_s,
-                            cfg.verify.memory_limit_mb) if todo else contextlib.nullcontext() as pool:
-                per_request = engine is not None and use_request_seed(cfg, engine)
-                # All pending shards go to the engine at once (generate_shards keeps its batch full
-                # across them); each is committed as soon as its verdicts are in.
-                messages = {p["problem_id"]: render_prompt(task_cfg, task, p["question"]) for n in todo for p in shards[n]}
-                greedy_requests = {name: [Request(p["problem_id"], messages[p["problem_id"]], 1) for p in shards[name]]
-                                   for name in todo}
-                finished: dict[str, tuple[list[dict], list[dict]]] = {}
+        if todo:  # else every shard is committed: no engine, no pool
+            engine = load_engine(engine_cfg)
+            try:
+                with VerifyPool(spec, cfg.verify.params, cfg.verify.workers, cfg.verify.timeout_s,
+                                cfg.verify.memory_limit_mb) as pool:
+                    per_request = use_request_seed(cfg, engine)
+                    # All pending shards go to the engine at once (generate_shards keeps its batch full
+                    # across them); each is committed as soon as its verdicts are in.
+                    messages = {p["problem_id"]: render_prompt(task_cfg, task, p["question"]) for n in todo for p in shards[n]}
+                    greedy_requests = {name: [Request(p["problem_id"], messages[p["problem_id"]], 1) for p in shards[name]]
+                                       for name in todo}
+                    finished: dict[str, tuple[list[dict], list[dict]]] = {}
 
-                def commit(name: str, rows: list[dict], shard_rejects: list[dict]) -> None:
-                    failed = len(shard_rejects)
-                    if name == part_name(0):
-                        shard_rejects = shard_rejects + rejects  # the held-out source's own rejects, kept once
-                    writer.write_shard(name, schema.table(rows, ROWS), schema.table(shard_rejects, schema.REJECTS),
-                                       failed=failed)
+                    def commit(name: str, rows: list[dict], shard_rejects: list[dict]) -> None:
+                        failed = len(shard_rejects)
+                        if name == part_name(0):
+                            shard_rejects = shard_rejects + rejects  # the held-out source's own rejects, kept once
+                        writer.write_shard(name, schema.table(rows, ROWS), schema.table(shard_rejects, schema.REJECTS),
+                                           failed=failed)
 
-                greedy_results = engine.generate_shards(((n, greedy_requests[n]) for n in todo), greedy) if todo else ()
-                for name, results in greedy_results:
-                    rows, shard_rejects = greedy_rows(shards[name], greedy_requests[name], results, engine.model_name,
-                                                      pool, verifier.name)
-                    if sampled is None:
-                        commit(name, rows, shard_rejects)
-                    else:
-                        finished[name] = (rows, shard_rejects)
-                if sampled is not None and todo:  # pass@k: a second pass over the shards, n samples per problem
-                    sampled_requests = {
-                        name: [Request(r["problem_id"], messages[r["problem_id"]], sampled.n,
-                                       request_seed(cfg.run.seed, iteration, r["problem_id"]) if per_request else None)
-                               for r in finished[name][0]]
-                        for name in todo}
-                    for name, results in engine.generate_shards(((n, sampled_requests[n]) for n in todo), sampled):
-                        rows, shard_rejects = finished.pop(name)
-                        shard_rejects += count_correct(rows, sampled_requests[name], results, engine.model_name, pool,
-                                                       verifier.name, sampled.n)
-                        commit(name, rows, shard_rejects)
-        finally:
-            if engine is not None:
+                    for name, results in engine.generate_shards(((n, greedy_requests[n]) for n in todo), greedy,
+                                                                desc="evaluate (greedy)"):
+                        rows, shard_rejects = greedy_rows(shards[name], greedy_requests[name], results, engine.model_name,
+                                                          pool, verifier.name)
+                        if sampled is None:
+                            commit(name, rows, shard_rejects)
+                        else:
+                            finished[name] = (rows, shard_rejects)
+                    if sampled is not None:  # pass@k: a second pass over the shards, n samples per problem
+                        sampled_requests = {
+                            name: [Request(r["problem_id"], messages[r["problem_id"]], sampled.n,
+                                           request_seed(cfg.run.seed, iteration, r["problem_id"]) if per_request else None)
+                                   for r in finished[name][0]]
+                            for name in todo}
+                        for name, results in engine.generate_shards(((n, sampled_requests[n]) for n in todo), sampled,
+                                                                    desc=f"evaluate (pass@{sampled.n})"):
+                            rows, shard_rejects = finished.pop(name)
+                            shard_rejects += count_correct(rows, sampled_requests[name], results, engine.model_name, pool,
+                                                           verifier.name, sampled.n)
+                            commit(name, rows, shard_rejects)
+            finally:
                 engine.close()
         rows = [r for n in shards for r in pq.read_table(writer.path / n).to_pylist()]
         failed = sum(writer.done[n]["failed"] for n in shards)

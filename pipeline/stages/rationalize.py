@@ -135,7 +135,8 @@ def _rationalize(cfg: Config, iteration: int, problems, verified, writer, todo: 
 
         with VerifyPool(spec, cfg.verify.params, cfg.verify.workers, cfg.verify.timeout_s,
                         cfg.verify.memory_limit_mb) as pool:
-            for name, results in engine.generate_shards(shard_requests(), cfg.sample, journal_dir=writer.path):
+            for name, results in engine.generate_shards(shard_requests(), cfg.sample, journal_dir=writer.path,
+                                                        desc="rationalize"):
                 gold, pids = by_shard[name]
                 check(len(results) == len(pids), f"engine returned {len(results)} results for {len(pids)} requests")
                 rows, rejects = [], []
