@@ -217,7 +217,8 @@ class ExportConfig(Strict):
     rows_per_shard: int = Field(50_000, ge=1)
     trim_after_answer: bool = Field(
         False, description="cut each completion after the first statement of its final answer (the same answer): "
-                           "trailing chatter teaches the next model to ramble")
+                           "trailing chatter teaches the next model to ramble. Applied from dedup on, "
+                           "so duplicates are judged on the text that is exported")
 
 
 class TrainConfig(Strict):

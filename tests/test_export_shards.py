@@ -1,5 +1,8 @@
 """Export fills its shards in Arrow batches (to keep memory flat); the shards must hold exactly the selected rows."""
 
+import json
+from collections import Counter
+
 import pyarrow.parquet as pq
 
 from pipeline.cli import main
@@ -42,15 +45,53 @@ class ChattyEngine(FakeEngine):
         return results
 
 
+def _exported(cfg) -> list[dict]:
+    return [r for f in sorted(stage_dir(cfg, 1, "export").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
 def test_trim_after_answer_exports_each_completion_cut_at_its_final_answer(fake_config):
     config = fake_config(sample={"engine": "tests.test_export_shards:ChattyEngine"}, export={"trim_after_answer": True})
     assert main(["run", "--config", str(config)]) == 0
     cfg = load_config(config)
-    selected = {(r["problem_id"], r["sample_idx"]): r["text"] for r in reader(cfg, 1, "dedup").read_all().to_pylist()}
-    exported = [r for f in sorted(stage_dir(cfg, 1, "export").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-    assert exported and len(exported) == len(selected)
+    sampled = {(r["problem_id"], r["sample_idx"]): r["text"] for r in reader(cfg, 1, "verify").read_all().to_pylist()}
+    exported = _exported(cfg)
+    assert exported and len(exported) == reader(cfg, 1, "dedup").rows
     for row in exported:
-        text = selected[(row["problem_id"], row["sample_idx"])]
+        text = sampled[(row["problem_id"], row["sample_idx"])]
         assert text.endswith(CHATTER)
         assert row["completion"] == row["messages"][-1]["content"] == text[: -len(CHATTER)]
         assert row["completion"].endswith(f"The answer is {row['answer']}.")
+
+
+class SignOffEngine(FakeEngine):
+    """Every sample of a problem: the same working, then a sign-off of its own."""
+
+    SIGN_OFFS = ["Cheers, and good luck with the rest of your homework tonight!",
+                 "Feel free to ask me anything else about arithmetic or fractions.",
+                 "Happy studying; remember to always double check each step you take.",
+                 "That was a fun one: maybe try a harder version with bigger numbers next?"]
+
+    def generate(self, requests, params, desc=""):
+        results = super().generate(requests, params, desc)
+        for req, result in zip(requests, results):
+            gold = self.gold.get(self._question(req), "0")
+            for j, c in enumerate(result.completions):
+                c.text = f"I add the numbers up.\nThe answer is {gold}.\n\n{self.SIGN_OFFS[j % 4]}"
+        return results
+
+
+def test_samples_that_differ_only_after_their_answer_are_exported_once_when_trimmed(fake_config, tmp_path):
+    """Dedup judges the text that is exported: trimmed, four samples with different sign-offs are one rationale."""
+    for trim in (False, True):
+        config = fake_config(sample={"engine": "tests.test_export_shards:SignOffEngine", "n": 4},
+                             export={"trim_after_answer": trim}, run={"dir": str(tmp_path / f"trim-{trim}")})
+        assert main(["run", "--config", str(config)]) == 0
+        cfg = load_config(config)
+        exported = _exported(cfg)
+        by_problem = Counter(r["problem_id"] for r in exported)
+        assert len({(r["problem_id"], r["completion"]) for r in exported}) == len(exported), "a duplicate row was exported"
+        removed = json.loads((stage_dir(cfg, 1, "dedup") / "stats.json").read_text())["removed"]
+        if trim:
+            assert set(by_problem.values()) == {1} and removed.get("exact_duplicate") == 3 * len(by_problem)
+        else:  # the sign-offs differ enough that nothing is a duplicate of anything
+            assert set(by_problem.values()) == {4} and not removed.get("exact_duplicate")

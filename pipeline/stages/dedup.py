@@ -16,6 +16,11 @@ Steps, in this order, each set in the `dedup` config and each counted under its 
 9. `over_cap`: beyond the problem's target (`max_per_problem`, `balance`, `cap_policy`);
    `balance: uniform` repeats rows of problems short of it (counted as `repeated`).
 
+With `export.trim_after_answer`, every correct row's text is first cut after the first statement
+of its final answer, and the rules above judge (and the stage writes) that text: the one that is
+exported and trained on. Two samples that differ only in what follows their answer are then
+exact duplicates.
+
 Of duplicates, the first in priority order is kept: the model's own samples before rationalized
 ones, then by sample index. Selection is a function of the verdict rows (`select_rows`), so
 rows of several sources (verified, rationalized) can be fed together.
@@ -47,6 +52,7 @@ from pipeline.selection.minhash import MinHasher, near_duplicates
 from pipeline.selection.normalise import keyed, normalise, normalise_array, text_hashes
 from pipeline.stages import OUTPUT, check, open_writer, pending, reader, stage_dir, summary, up_to_date
 from pipeline.store import SUCCESS, StageReader, atomic_write_json
+from verifiers.extract import METHODS, trim_after_answer
 
 __all__ = ["Context", "Selection", "normalise", "run", "select", "select_rows"]
 
@@ -329,6 +335,22 @@ def _questions(cfg: Config, iteration: int, name: str) -> dict[str, str] | None:
     return dict(zip(t.column("problem_id").to_pylist(), t.column("question").to_pylist()))
 
 
+def trim_methods(cfg: Config) -> tuple[str, ...] | None:
+    """The extraction methods whose final-answer statement ends a trimmed text (the verifier's),
+    or None when `export.trim_after_answer` is off."""
+    if not cfg.export.trim_after_answer:
+        return None
+    return tuple(cfg.verify.params.get("methods", METHODS))
+
+
+def trimmed(table: pa.Table, methods: tuple[str, ...]) -> pa.Table:
+    """Correct rows' text cut after their final answer; other rows are dropped by dedup anyway."""
+    texts = [trim_after_answer(t, methods) if s == "correct" and t else t
+             for t, s in zip(table.column("text").to_pylist(), table.column("status").to_pylist())]
+    i = table.schema.get_field_index("text")
+    return table.set_column(i, table.schema.field(i), pa.array(texts, table.schema.field(i).type))
+
+
 def _histogram(values) -> dict[str, int]:
     return {str(k): v for k, v in sorted(Counter(values).items())}
 
@@ -342,7 +364,9 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
     earlier: list[dict] = []
     if dc.across_iterations and iteration > 1:
         ctx.exported, earlier = _earlier_exports(cfg, iteration)
+    trim = trim_methods(cfg)
     parts = {"input": [s.output_hash for s in sources], "dedup": dc.model_dump(mode="json"), "seed": cfg.run.seed,
+             "trim_after_answer": trim,
              "eval_sets": ctx.eval_index.digest() if ctx.eval_index else None,
              "earlier_exports": [e["export"] for e in earlier]}
     input_rows = sum(s.rows for s in sources)
@@ -359,6 +383,8 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
                 ctx.kept_texts.update(text_hashes(pq.read_table(writer.path / done, columns=["text"]).column("text")).tolist())
         for name in tqdm(todo, desc="dedup", unit="shard", disable=len(todo) < 2, leave=False):
             table = _read_inputs(sources, name)
+            if trim:
+                table = trimmed(table, trim)
             questions = _questions(cfg, iteration, name) if ctx.eval_index else None
             s = select_rows(table, dc, cfg.run.seed, questions, ctx)
             check(s.kept.num_rows == table.num_rows - sum(s.removed.values()) + s.repeated,

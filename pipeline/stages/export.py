@@ -20,7 +20,6 @@ from pipeline import schema
 from pipeline.config import Config, digest
 from pipeline.stages import check, open_writer, reader, summary, up_to_date
 from pipeline.store import atomic_write_bytes, atomic_write_json
-from verifiers.extract import METHODS, trim_after_answer
 
 SPLITS = ("train", "validation")
 ARROW_BATCH = 1000  # rows converted to Arrow at a time while a shard fills
@@ -35,16 +34,15 @@ def shard_name(split: str, i: int, total: int) -> str:
     return f"{split}-{i:05d}-of-{total:05d}.parquet"
 
 
-def to_export_row(row: dict, iteration: int, task: str, trim_methods: tuple[str, ...] | None = None) -> dict:
-    """A selected sample as a fine-tuning row; with `trim_methods`, its text ends at its final answer
-    (found by those extraction methods, the verifier's)."""
+def to_export_row(row: dict, iteration: int, task: str) -> dict:
+    """A selected sample as a fine-tuning row (its text already trimmed by dedup where
+    `export.trim_after_answer` is on)."""
     messages = json.loads(row["prompt"])
     user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    text = trim_after_answer(row["text"], trim_methods) if trim_methods else row["text"]
     return {
-        "messages": messages + [{"role": "assistant", "content": text}],
+        "messages": messages + [{"role": "assistant", "content": row["text"]}],
         "prompt": user,
-        "completion": text,
+        "completion": row["text"],
         "problem_id": row["problem_id"],
         "sample_idx": row["sample_idx"],
         "answer": row["gold"],
@@ -140,7 +138,6 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
         if writer.up_to_date:
             return up_to_date("export", writer)
         frac = cfg.export.validation_fraction
-        trim_methods = tuple(cfg.verify.params.get("methods", METHODS)) if cfg.export.trim_after_answer else None
         keep_hinted, over_share = rationalized_keep(selected, cfg.rationalize.max_share, cfg.run.seed)
 
         def kept(pid: str, idx: int, rat: bool | None) -> bool:
@@ -176,7 +173,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
                     continue
                 hinted_exported += bool(row["rationalized"])
                 split = split_of(row["problem_id"], frac)
-                buffers[split].append(to_export_row(row, iteration, cfg.task.name, trim_methods))
+                buffers[split].append(to_export_row(row, iteration, cfg.task.name))
                 filled[split] += 1
                 if len(buffers[split]) >= ARROW_BATCH:
                     tables[split].append(schema.table(buffers[split], schema.EXPORT))
