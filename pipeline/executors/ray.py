@@ -1,10 +1,11 @@
-"""`run.executor: ray`: sample and verify as Ray Data pipelines, writing the same stage directories.
+"""`run.executor: ray`: the work of sample and verify as Ray Data pipelines.
 
-The driver (this process) owns the stage directory exactly as the local executor does: it opens
-the StageWriter with the stage's own fingerprint, hands the shards still to do to Ray, and
-commits each shard (rows and rejects) the moment its result streams back, then writes the
-manifest and `_SUCCESS`. So resume, `--force`, make targets and export work unchanged, and
-the two executors can take turns on one run: a stage half done by one is finished by the other.
+The stage itself (pipeline/stages/sample.py, verify.py) runs on the driver, this process, on
+either executor: it opens the StageWriter with its fingerprint, hands the shards still to do to
+`sampled_shards` / `verified_shards` here, and commits each shard (rows and rejects) the moment
+its result streams back, checks the row counts, then writes the manifest and `_SUCCESS`. So
+resume, `--force`, make targets and export work unchanged, and the two executors can take turns
+on one run: a stage half done by one is finished by the other.
 
 - sample: `map_batches` over an actor class holding one engine (`sample.engine`: vLLM, or
   a server through `openai`) per `model.tensor_parallel_size` GPUs, or one per CPU node slot;
@@ -28,16 +29,15 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import schema
 from pipeline.config import Config
-from pipeline.stages import check, open_writer, pending, reader, sampling_config, stage_dir, summary, up_to_date
+from pipeline.stages import stage_dir
 from pipeline.store import StageReader, table_bytes
 
 
@@ -67,15 +67,6 @@ def connect(cfg: Config) -> None:
         ray.init(num_cpus=cfg.run.ray.num_cpus, runtime_env={"env_vars": env}, include_dashboard=False,
                  logging_level="WARNING")
         print(f"ray: started a local Ray ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)", flush=True)
-
-
-def run_stage(name: str, cfg: Config, iteration: int, force: bool = False) -> dict:
-    if name == "dedup":
-        from pipeline.stages import dedup
-
-        return dedup.run(cfg, iteration, force=force)  # on the driver: see the module docstring
-    runner = {"sample": run_sample, "verify": run_verify}[name]
-    return runner(cfg, iteration, force)
 
 
 def _restarts(cfg: Config) -> dict:
@@ -120,19 +111,11 @@ class SampleActor:
         return out
 
     def sample_shard(self, name: str) -> tuple[pa.Table, pa.Table, int]:
-        import json
-
-        from pipeline.engines import Request
-        from pipeline.stages.sample import request_seed, shard_rows
-        from pipeline.tasks import get_task, render_prompt
+        from pipeline.stages.sample import shard_requests, shard_rows
 
         cfg, n = self.cfg, self.cfg.sample.n
         table = StageReader(stage_dir(cfg, self.iteration, "prepare")).read_shard(name)
-        task = get_task(cfg.task)
-        requests = []
-        for pid, question in zip(table["problem_id"].to_pylist(), table["question"].to_pylist()):
-            seed = request_seed(cfg.run.seed, self.iteration, pid) if self.per_request else None
-            requests.append(Request(pid, render_prompt(cfg.task, task, question), n, seed))
+        requests = shard_requests(cfg, self.iteration, table, self.per_request)
         try:
             # next() and close(), not a loop: an engine's request journal (openai) must outlive this
             # call until the driver has committed the shard, so the generator is not resumed past it
@@ -159,48 +142,21 @@ def _engine_resources(cfg: Config) -> tuple[int, dict]:
     return cfg.run.ray.engines or 1, {"num_cpus": 1}
 
 
-def run_sample(cfg: Config, iteration: int, force: bool = False) -> dict:
-    from pipeline.stages.sample import fingerprint
-
-    started = time.time()
-    cfg = sampling_config(cfg, iteration)
-    problems = reader(cfg, iteration, "prepare")
-    n = cfg.sample.n
-    with open_writer(cfg, iteration, "sample", fingerprint(cfg, iteration, problems.output_hash), force) as writer:
-        if writer.up_to_date:
-            return up_to_date("sample", writer)
-        todo = pending(problems, writer)
-        samples = tokens = 0
-        gen_started = time.time()
-        if todo:
-            connect(cfg)
-            ray = _ray()
-            _quiet_data_context()
-            engines, resources = _engine_resources(cfg)
-            ds = ray.data.from_items([{"shard": name} for name in todo], override_num_blocks=len(todo))
-            ds = ds.map_batches(SampleActor, fn_constructor_kwargs={"cfg_json": cfg.model_dump(mode="json"), "iteration": iteration},
-                                batch_size=1, concurrency=engines, **resources, **_restarts(cfg))
-            for row in ds.iter_rows():
-                table = pq.read_table(pa.BufferReader(row["samples"]))
-                writer.write_shard(row["shard"], table, pq.read_table(pa.BufferReader(row["rejects"])))
-                # committed: the openai engine's request journal of this shard is not needed any more
-                (writer.path / f"_requests-{Path(row['shard']).stem}.jsonl").unlink(missing_ok=True)
-                samples += table.num_rows
-                tokens += int(row["tokens"])
-        gen_seconds = time.time() - gen_started
-        totals = [writer.done[s["file"]]["rows"] for s in problems.shards]
-        rate = f"; {samples / gen_seconds:.1f} samples/s, {tokens / gen_seconds:.0f} tokens/s" if todo and gen_seconds else ""
-        manifest = writer.finish(
-            [s["file"] for s in problems.shards],
-            stats={"n": n, "problems": problems.rows, "samples": sum(totals), "new_samples": samples,
-                   "new_completion_tokens": tokens, "shards_resumed": len(problems.shards) - len(todo), "executor": "ray"},
-        )
-    check(manifest["rows"] == (problems.rows - manifest["rejects"]) * n,
-          f"sample: {manifest['rows']} samples for ({problems.rows} problems - {manifest['rejects']} rejected) x n={n}")
-    summary("sample", f"{problems.rows} problems x n={n} -> {manifest['rows']} samples on Ray"
-                      f" ({manifest['rejects']} problems rejected by the engine, {len(problems.shards) - len(todo)} shards resumed){rate}",
-            started)
-    return manifest
+def sampled_shards(cfg: Config, iteration: int, todo: list[str]) -> Iterator[tuple[str, pa.Table, pa.Table, int]]:
+    """(shard name, sample rows, reject rows, completion tokens) of each shard in `todo`, from
+    engine actors, as they stream back; the sample stage commits each one."""
+    connect(cfg)
+    ray = _ray()
+    _quiet_data_context()
+    engines, resources = _engine_resources(cfg)
+    ds = ray.data.from_items([{"shard": name} for name in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(SampleActor, fn_constructor_kwargs={"cfg_json": cfg.model_dump(mode="json"), "iteration": iteration},
+                        batch_size=1, concurrency=engines, **resources, **_restarts(cfg))
+    for row in ds.iter_rows():
+        yield (row["shard"], pq.read_table(pa.BufferReader(row["samples"])), pq.read_table(pa.BufferReader(row["rejects"])),
+               int(row["tokens"]))
+        # committed by now: the openai engine's request journal of this shard is not needed any more
+        (stage_dir(cfg, iteration, "sample") / f"_requests-{Path(row['shard']).stem}.jsonl").unlink(missing_ok=True)
 
 
 # -- verify ----------------------------------------------------------------------------------
@@ -236,39 +192,14 @@ class VerifyActor:
             pool.__exit__(None, None, None)
 
 
-def run_verify(cfg: Config, iteration: int, force: bool = False) -> dict:
-    from pipeline.stages import verify
-    from pipeline.stages.verify import verifier_spec
-    from verifiers import get_verifier
-
-    spec = verifier_spec(cfg)
-    verifier = get_verifier(spec, cfg.verify.params)
-    if verifier.uses_engine:
-        print("verify: this verifier asks the generation engine (judge); it runs on the driver", flush=True)
-        return verify.run(cfg, iteration, force=force)
-    started = time.time()
-    problems = reader(cfg, iteration, "prepare")
-    samples = reader(cfg, iteration, "sample")
-    parts = verify.fingerprint(cfg, samples, problems, verifier)  # the executors share a stage directory
-    with open_writer(cfg, iteration, "verify", parts, force) as writer:
-        if writer.up_to_date:
-            return up_to_date("verify", writer)
-        todo = pending(samples, writer)
-        statuses: Counter = Counter()
-        if todo:
-            connect(cfg)
-            ray = _ray()
-            _quiet_data_context()
-            actors = cfg.run.ray.verify_actors or max(1, len([nd for nd in ray.nodes() if nd.get("Alive")]))
-            ds = ray.data.from_items([{"shard": name} for name in todo], override_num_blocks=len(todo))
-            ds = ds.map_batches(VerifyActor, fn_constructor_kwargs={"cfg_json": cfg.model_dump(mode="json"), "iteration": iteration},
-                                batch_size=1, concurrency=min(actors, len(todo)), num_cpus=1, **_restarts(cfg))
-            for row in ds.iter_rows():
-                table = pq.read_table(pa.BufferReader(row["verified"]))
-                statuses.update(table["status"].to_pylist())
-                writer.write_shard(row["shard"], table)
-        manifest = writer.finish([s["file"] for s in samples.shards], stats={"new_verdicts": dict(statuses), "executor": "ray"})
-    check(manifest["rows"] == samples.rows, f"verify: {manifest['rows']} verdicts for {samples.rows} samples")
-    counts = ", ".join(f"{k} {v}" for k, v in statuses.most_common())
-    summary("verify", f"{samples.rows} samples verified with {spec!r} on Ray: {counts or 'all resumed'}", started)
-    return manifest
+def verified_shards(cfg: Config, iteration: int, todo: list[str]) -> Iterator[tuple[str, pa.Table]]:
+    """(shard name, verdicts) of each shard in `todo`, from VerifyActors, as they stream back."""
+    connect(cfg)
+    ray = _ray()
+    _quiet_data_context()
+    actors = cfg.run.ray.verify_actors or max(1, len([nd for nd in ray.nodes() if nd.get("Alive")]))
+    ds = ray.data.from_items([{"shard": name} for name in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(VerifyActor, fn_constructor_kwargs={"cfg_json": cfg.model_dump(mode="json"), "iteration": iteration},
+                        batch_size=1, concurrency=min(actors, len(todo)), num_cpus=1, **_restarts(cfg))
+    for row in ds.iter_rows():
+        yield row["shard"], pq.read_table(pa.BufferReader(row["verified"]))

@@ -68,9 +68,5 @@ def summary(stage: str, text: str, started: float) -> None:
 def run_stage(name: str, cfg: Config, iteration: int, force: bool = False) -> dict:
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    if cfg.run.executor == "ray" and name in ("sample", "verify", "dedup"):
-        from pipeline.executors.ray import run_stage as run_on_ray  # same stage directory, work done by Ray
-
-        return run_on_ray(name, cfg, iteration, force=force)
     module = importlib.import_module(f"pipeline.stages.{name}")
     return module.run(cfg, iteration, force=force)

@@ -13,6 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import closing
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
 
 from pipeline import schema
 from pipeline.config import Config
@@ -81,45 +86,42 @@ def use_request_seed(cfg: Config, engine) -> bool:
     return mode == "on" or (mode == "auto" and engine.supports_request_seed())
 
 
+def shard_requests(cfg: Config, iteration: int, table, per_request: bool) -> list[Request]:
+    """One request for n samples per problem of a prepared shard (both executors build them here)."""
+    task = get_task(cfg.task)
+    return [Request(pid, render_prompt(cfg.task, task, question), cfg.sample.n,
+                    request_seed(cfg.run.seed, iteration, pid) if per_request else None)
+            for pid, question in zip(table["problem_id"].to_pylist(), table["question"].to_pylist())]
+
+
 def run(cfg: Config, iteration: int, force: bool = False) -> dict:
+    """The stage on either executor: this function owns the stage directory, commits each shard as
+    it comes back and checks the row counts before `_SUCCESS`; the samples come from an engine in
+    this process or from engine actors on Ray."""
     started = time.time()
     cfg = sampling_config(cfg, iteration)
     problems = reader(cfg, iteration, "prepare")
+    on_ray = cfg.run.executor == "ray"
+    n = cfg.sample.n
     with open_writer(cfg, iteration, "sample", fingerprint(cfg, iteration, problems.output_hash), force) as writer:
         if writer.up_to_date:
             return up_to_date("sample", writer)
         todo = pending(problems, writer)
-        task = get_task(cfg.task)
-        n = cfg.sample.n
         tokens = samples = 0
-        engine = load_engine(cfg) if todo else None
-        try:
-            per_request = engine is not None and use_request_seed(cfg, engine)
-            gen_started = time.time()
+        gen_started = time.time()
+        if todo:
+            if on_ray:
+                from pipeline.executors.ray import sampled_shards
 
-            sent: dict[str, list[Request]] = {}  # requests of shards handed to the engine, not yet back
-
-            def shard_requests():
-                for name in todo:
-                    table = problems.read_shard(name)
-                    requests = []
-                    for pid, question in zip(table["problem_id"].to_pylist(), table["question"].to_pylist()):
-                        seed = request_seed(cfg.run.seed, iteration, pid) if per_request else None
-                        requests.append(Request(pid, render_prompt(cfg.task, task, question), n, seed))
-                    sent[name] = requests
-                    yield name, requests
-
-            finished = engine.generate_shards(shard_requests(), cfg.sample, journal_dir=writer.path) if engine else ()
-            for name, results in finished:
-                requests = sent.pop(name)
-                rows, rejects, shard_tokens = shard_rows(name, requests, results, n, engine)
-                tokens += shard_tokens
-                samples += len(rows)
-                writer.write_shard(name, schema.table(rows, schema.SAMPLES), schema.table(rejects, schema.REJECTS))
-            gen_seconds = time.time() - gen_started
-        finally:
-            if engine is not None:
-                engine.close()
+                shards = sampled_shards(cfg, iteration, todo)
+            else:
+                shards = _sampled_here(cfg, iteration, problems, todo, writer.path)
+            with closing(shards):
+                for name, rows, rejects, shard_tokens in shards:
+                    tokens += shard_tokens
+                    samples += rows.num_rows
+                    writer.write_shard(name, rows, rejects)
+        gen_seconds = time.time() - gen_started
         names = [s["file"] for s in problems.shards]
         missing = [name for name in names if not writer.is_done(name)]
         check(not missing, f"sample: the engine returned nothing for shards {missing[:5]}")
@@ -133,12 +135,34 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
         manifest = writer.finish(
             names,
             stats={"n": n, "problems": problems.rows, "samples": sum(totals), "new_samples": samples,
-                   "new_completion_tokens": tokens, "shards_resumed": len(problems.shards) - len(todo)},
+                   "new_completion_tokens": tokens, "shards_resumed": len(problems.shards) - len(todo),
+                   **({"executor": "ray"} if on_ray else {})},
         )
     summary(
         "sample",
-        f"{problems.rows} problems x n={n} -> {manifest['rows']} samples"
+        f"{problems.rows} problems x n={n} -> {manifest['rows']} samples{' on Ray' if on_ray else ''}"
         f" ({manifest['rejects']} problems rejected by the engine, {len(problems.shards) - len(todo)} shards resumed){rate}",
         started,
     )
     return manifest
+
+
+def _sampled_here(cfg: Config, iteration: int, problems, todo: list[str],
+                  journal_dir: Path) -> Iterator[tuple[str, pa.Table, pa.Table, int]]:
+    """(shard name, sample rows, reject rows, completion tokens) of each shard in `todo`, from one
+    engine in this process that is fed shard after shard (`Engine.generate_shards`)."""
+    engine = load_engine(cfg)
+    try:
+        per_request = use_request_seed(cfg, engine)
+        sent: dict[str, list[Request]] = {}  # requests of shards handed to the engine, not yet back
+
+        def requests():
+            for name in todo:
+                sent[name] = shard_requests(cfg, iteration, problems.read_shard(name), per_request)
+                yield name, sent[name]
+
+        for name, results in engine.generate_shards(requests(), cfg.sample, journal_dir=journal_dir):
+            rows, rejects, tokens = shard_rows(name, sent.pop(name), results, cfg.sample.n, engine)
+            yield name, schema.table(rows, schema.SAMPLES), schema.table(rejects, schema.REJECTS), tokens
+    finally:
+        engine.close()

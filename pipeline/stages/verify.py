@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
+from typing import Iterator
 
 import pyarrow as pa
 from tqdm import tqdm
@@ -49,48 +50,65 @@ def fingerprint(cfg: Config, samples, problems, verifier: Verifier, judge: "Judg
 
 
 def run(cfg: Config, iteration: int, force: bool = False) -> dict:
+    """The stage on either executor: this function owns the stage directory, checks and commits
+    each shard's verdicts; the verdicts come from a pool here or from actors on Ray."""
     started = time.time()
     problems = reader(cfg, iteration, "prepare")
     samples = reader(cfg, iteration, "sample")
     spec = verifier_spec(cfg)
     verifier = get_verifier(spec, cfg.verify.params)
     judge = JudgeStep(cfg, verifier) if verifier.uses_engine else None
-    parts = fingerprint(cfg, samples, problems, verifier, judge)
-    with open_writer(cfg, iteration, "verify", parts, force) as writer:
+    on_ray = cfg.run.executor == "ray"
+    if on_ray and judge is not None:
+        print("verify: this verifier asks the generation engine (judge); it runs on the driver", flush=True)
+        on_ray = False
+    with open_writer(cfg, iteration, "verify", fingerprint(cfg, samples, problems, verifier, judge), force) as writer:
         if writer.up_to_date:
             return up_to_date("verify", writer)
         todo = pending(samples, writer)
+        rows_of = {s["file"]: s["rows"] for s in samples.shards}
         statuses: Counter = Counter()
         if todo:
-            total = sum(s["rows"] for s in samples.shards if s["file"] in todo)
-            pool_spec = None if judge is None else judge.rules_part()
-            with ExitStack() as stack:
-                pool = None
-                if judge is None or pool_spec is not None:
-                    pool_spec, pool_params = pool_spec or (spec, cfg.verify.params)
-                    pool = stack.enter_context(VerifyPool(pool_spec, pool_params, cfg.verify.workers, cfg.verify.timeout_s,
-                                                          cfg.verify.memory_limit_mb))
-                if judge is not None:
-                    stack.callback(judge.close)
-                bar = stack.enter_context(tqdm(total=total, desc="verify", unit="sample", mininterval=1.0))
-                for name in todo:
-                    table = samples.read_shard(name)
-                    gold = {
-                        r["problem_id"]: r for r in problems.read_shard(name).to_pylist()
-                    }
-                    verified = verify_table(table, gold, pool, verifier.name, bar.update, judge=judge)
-                    check(verified.num_rows == table.num_rows,
-                          f"verify {name}: {verified.num_rows} verdicts for {table.num_rows} samples")
+            if on_ray:
+                from pipeline.executors.ray import verified_shards
+
+                shards = verified_shards(cfg, iteration, todo)
+            else:
+                shards = _verified_here(cfg, spec, verifier, judge, samples, problems, todo)
+            with closing(shards):
+                for name, verified in shards:
+                    check(verified.num_rows == rows_of[name],
+                          f"verify {name}: {verified.num_rows} verdicts for {rows_of[name]} samples")
                     statuses.update(verified["status"].to_pylist())
                     writer.write_shard(name, verified)
         names = [s["file"] for s in samples.shards]
         verdicts = sum(writer.done[n]["rows"] for n in names if writer.is_done(n))
         check(verdicts == samples.rows, f"verify: {verdicts} verdicts for {samples.rows} samples")  # before _SUCCESS
-        manifest = writer.finish(names, stats={"new_verdicts": dict(statuses)})
+        manifest = writer.finish(names, stats={"new_verdicts": dict(statuses), **({"executor": "ray"} if on_ray else {})})
     counts = ", ".join(f"{k} {v}" for k, v in statuses.most_common())
     judged = f"; {judge.judged} judged by the engine" if judge is not None and judge.judged else ""
-    summary("verify", f"{samples.rows} samples verified with {spec!r}: {counts or 'all resumed'}{judged}", started)
+    where = " on Ray" if on_ray else ""
+    summary("verify", f"{samples.rows} samples verified with {spec!r}{where}: {counts or 'all resumed'}{judged}", started)
     return manifest
+
+
+def _verified_here(cfg: Config, spec: str, verifier: Verifier, judge: "JudgeStep | None", samples, problems,
+                   todo: list[str]) -> Iterator[tuple[str, pa.Table]]:
+    """(shard name, verdicts) of each shard in `todo`, verified in a pool of this machine's workers."""
+    total = sum(s["rows"] for s in samples.shards if s["file"] in todo)
+    pool_spec = None if judge is None else judge.rules_part()
+    with ExitStack() as stack:
+        pool = None
+        if judge is None or pool_spec is not None:
+            pool_spec, pool_params = pool_spec or (spec, cfg.verify.params)
+            pool = stack.enter_context(VerifyPool(pool_spec, pool_params, cfg.verify.workers, cfg.verify.timeout_s,
+                                                  cfg.verify.memory_limit_mb))
+        if judge is not None:
+            stack.callback(judge.close)
+        bar = stack.enter_context(tqdm(total=total, desc="verify", unit="sample", mininterval=1.0))
+        for name in todo:
+            gold = {r["problem_id"]: r for r in problems.read_shard(name).to_pylist()}
+            yield name, verify_table(samples.read_shard(name), gold, pool, verifier.name, bar.update, judge=judge)
 
 
 class JudgeStep:
