@@ -25,7 +25,7 @@ from pipeline.config import Config
 from pipeline.engines import Request, load_engine
 from pipeline.stages import check, open_writer, pending, reader, sampling_config, summary, up_to_date
 from pipeline.stages.sample import fingerprint as sample_fingerprint
-from pipeline.stages.sample import request_seed, use_request_seed
+from pipeline.stages.sample import request_seed, shard_rows, use_request_seed
 from pipeline.stages.verify import verifier_spec, verify_table
 from pipeline.tasks import get_task, render_prompt
 from verifiers import VerifyPool, get_verifier
@@ -119,18 +119,15 @@ def _rationalize(cfg: Config, iteration: int, problems, verified, writer, todo: 
     engine = load_engine(cfg)
     try:
         per_request = use_request_seed(cfg, engine)
-        plain: dict[tuple[str, str], list[dict]] = {}  # hint-free prompts, by (shard, problem)
-        seeds: dict[str, int] = {}
+        sent: dict[str, tuple[list[Request], list[list[dict]]]] = {}  # hinted requests and hint-free prompts
 
         def shard_requests():
             for name, (gold, pids) in by_shard.items():
-                requests = []
-                for pid in pids:
-                    messages = render_prompt(cfg.task, task, gold[pid]["question"])
-                    plain[(name, pid)] = messages
-                    seed = request_seed(cfg.run.seed + 1, iteration, pid) if per_request else None
-                    seeds[pid] = seed if seed is not None else engine.seed
-                    requests.append(Request(pid, with_hint(messages, r.hint, str(gold[pid]["answer"])), n, seed))
+                plain = [render_prompt(cfg.task, task, gold[pid]["question"]) for pid in pids]
+                requests = [Request(pid, with_hint(messages, r.hint, str(gold[pid]["answer"])), n,
+                                    request_seed(cfg.run.seed + 1, iteration, pid) if per_request else None)
+                            for pid, messages in zip(pids, plain)]
+                sent[name] = (requests, plain)
                 yield name, requests
 
         with VerifyPool(spec, cfg.verify.params, cfg.verify.workers, cfg.verify.timeout_s,
@@ -138,22 +135,9 @@ def _rationalize(cfg: Config, iteration: int, problems, verified, writer, todo: 
             for name, results in engine.generate_shards(shard_requests(), cfg.sample, journal_dir=writer.path,
                                                         desc="rationalize"):
                 gold, pids = by_shard[name]
-                check(len(results) == len(pids), f"engine returned {len(results)} results for {len(pids)} requests")
-                rows, rejects = [], []
-                for pid, res in zip(pids, results):
-                    if res.error is not None or len(res.completions) != n:
-                        reason = res.error or f"engine returned {len(res.completions)} of {n} samples"
-                        rejects.append({"stage": "rationalize", "source_index": None, "problem_id": pid,
-                                        "reason": reason, "raw": None})
-                        continue
-                    prompt = json.dumps(plain[(name, pid)], ensure_ascii=False)  # stored without the hint
-                    for idx, c in enumerate(res.completions):
-                        rows.append({
-                            "problem_id": pid, "sample_idx": cfg.sample.n + idx, "prompt": prompt, "text": c.text,
-                            "finish_reason": c.finish_reason, "prompt_tokens": res.prompt_tokens,
-                            "completion_tokens": c.completion_tokens, "cumulative_logprob": c.cumulative_logprob,
-                            "model": engine.model_name, "seed": seeds[pid],
-                        })
+                requests, plain = sent.pop(name)
+                rows, rejects, _ = shard_rows(name, requests, results, n, engine, stage="rationalize",
+                                              first_idx=cfg.sample.n, prompts=plain)  # stored without the hint
                 out = verify_table(schema.table(rows, schema.SAMPLES), gold, pool, verifier.name).to_pylist()
                 check(len(out) == (len(pids) - len(rejects)) * n,
                       f"rationalize {name}: {len(out)} rows for {len(pids) - len(rejects)} problems x n={n}")

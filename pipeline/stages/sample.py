@@ -52,30 +52,33 @@ def fingerprint(cfg: Config, iteration: int, input_hash: str) -> dict:
     }
 
 
-def shard_rows(name: str, requests: list[Request], results: list, n: int, engine) -> tuple[list[dict], list[dict], int]:
+def shard_rows(name: str, requests: list[Request], results: list, n: int, engine, stage: str = "sample",
+               first_idx: int = 0, prompts: list[list[dict]] | None = None) -> tuple[list[dict], list[dict], int]:
     """One shard's sample rows (all n per request) and reject rows, and its completion tokens.
 
-    Shared by the local and the Ray executor, so both write the same rows. A request the engine
+    Shared by both executors and by rationalize, so all write the same rows. A request the engine
     failed, or answered with fewer than n samples, becomes a reject row with the reason.
+    Rationalize numbers its samples from `first_idx` and stores `prompts` (without the hint)
+    instead of the messages it sent.
     """
     check(len(results) == len(requests), f"engine returned {len(results)} results for {len(requests)} requests")
     rows, rejects, tokens = [], [], 0
-    for req, res in zip(requests, results):
+    for k, (req, res) in enumerate(zip(requests, results)):
         if res.error is not None or len(res.completions) != n:
             reason = res.error or f"engine returned {len(res.completions)} of {n} samples"
-            rejects.append({"stage": "sample", "source_index": None, "problem_id": req.key, "reason": reason, "raw": None})
+            rejects.append({"stage": stage, "source_index": None, "problem_id": req.key, "reason": reason, "raw": None})
             continue
-        prompt = json.dumps(req.messages, ensure_ascii=False)
+        prompt = json.dumps(req.messages if prompts is None else prompts[k], ensure_ascii=False)
         for idx, c in enumerate(res.completions):
             rows.append({
-                "problem_id": req.key, "sample_idx": idx, "prompt": prompt, "text": c.text,
+                "problem_id": req.key, "sample_idx": first_idx + idx, "prompt": prompt, "text": c.text,
                 "finish_reason": c.finish_reason, "prompt_tokens": res.prompt_tokens,
                 "completion_tokens": c.completion_tokens, "cumulative_logprob": c.cumulative_logprob,
                 "model": engine.model_name, "seed": req.seed if req.seed is not None else engine.seed,
             })
             tokens += c.completion_tokens
     check(len(rows) == (len(requests) - len(rejects)) * n,
-          f"sample {name}: {len(rows)} rows for {len(requests) - len(rejects)} problems x n={n}")
+          f"{stage} {name}: {len(rows)} rows for {len(requests) - len(rejects)} problems x n={n}")
     return rows, rejects, tokens
 
 
