@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 
 from pipeline.config import Config, SampleConfig
 from pipeline.engines.base import Completion, Engine, Request, Result
+from pipeline.hardware import cpu_dtype
 from pipeline.model import resolve_model_path
 
 
@@ -30,11 +31,15 @@ def is_cpu_build() -> bool:
         return False
 
 
-def engine_dtype(dtype: str, cpu: bool) -> str:
-    """`model.dtype` for vLLM. On CPU `auto` means float32: measured on this project's 2-core x86
-    machines (AVX2, no bf16 instructions), bfloat16 generation ran at well under half float32's
-    tokens/s, because vLLM falls back to a slow bfloat16 matmul there."""
-    return "float32" if cpu and dtype == "auto" else dtype
+def engine_dtype(dtype: str, cpu: bool) -> tuple[str, str]:
+    """(vLLM dtype, why) for `model.dtype`. On CPU `auto` follows what the processor can do
+    (pipeline/hardware.py); on GPU it is vLLM's own auto (the model's dtype)."""
+    if dtype != "auto":
+        return dtype, "model.dtype"
+    if cpu:
+        chosen, why = cpu_dtype()
+        return chosen, f"auto: {why}"
+    return "auto", "auto: the model's own dtype"
 
 
 def _cpu_environment() -> None:
@@ -72,7 +77,7 @@ def llm_kwargs(cfg: Config) -> dict:
     m = cfg.model
     kwargs = dict(
         model=resolve_model_path(m.path),
-        dtype=engine_dtype(m.dtype, is_cpu_build()),
+        dtype=engine_dtype(m.dtype, is_cpu_build())[0],
         max_model_len=m.max_model_len,
         seed=cfg.run.seed,
         enforce_eager=m.enforce_eager,
@@ -96,6 +101,8 @@ class VLLMEngine(Engine):
         self.model_path = kwargs["model"]
         from vllm import LLM  # imported late: heavy, and only this engine needs it
 
+        dtype, why = engine_dtype(cfg.model.dtype, self.cpu)
+        print(f"vllm: {kwargs['model']} in {dtype} ({why})", flush=True)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 

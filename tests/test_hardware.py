@@ -1,0 +1,28 @@
+"""`dtype: auto` follows what the processor can do, detected, never assumed."""
+
+from pathlib import Path
+
+from pipeline.engines.vllm import engine_dtype
+from pipeline.hardware import cpu_dtype, cpu_flags
+
+
+def test_bfloat16_only_with_native_bfloat16_instructions():
+    assert cpu_dtype(frozenset({"avx2", "avx512f", "avx512bw"}))[0] == "float32"
+    assert cpu_dtype(frozenset({"avx2", "avx512f", "avx512_bf16"})) == ("bfloat16", "this CPU has native bfloat16 (avx512_bf16)")
+    assert cpu_dtype(frozenset({"amx_bf16", "amx_tile"}))[0] == "bfloat16"
+    assert cpu_dtype(frozenset({"fp", "asimd", "bf16"}))[0] == "bfloat16"  # Arm
+    assert cpu_dtype(frozenset())[0] == "float32"  # nothing known: the safe choice
+
+
+def test_this_machine_is_read_from_proc_cpuinfo():
+    text = Path("/proc/cpuinfo").read_text()
+    native = any(f in text.split() for f in ("avx512_bf16", "amx_bf16"))
+    assert bool(cpu_flags()) == ("flags" in text or "Features" in text)
+    assert cpu_dtype()[0] == ("bfloat16" if native else "float32")
+
+
+def test_engine_dtype_auto_on_cpu_and_gpu_and_explicit():
+    assert engine_dtype("auto", cpu=True)[0] == cpu_dtype()[0]
+    assert "auto:" in engine_dtype("auto", cpu=True)[1]
+    assert engine_dtype("auto", cpu=False)[0] == "auto"  # vLLM's own: the model's dtype
+    assert engine_dtype("float16", cpu=True) == ("float16", "model.dtype")
