@@ -98,8 +98,8 @@ class TaskConfig(Strict):
 class ModelConfig(Strict):
     path: str = Field(DEFAULT_MODEL_DIR, description="HF model directory or hub id")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="auto: float32 on CPU (bfloat16 there is several times slower without bf16 "
-        "instructions), the model's own dtype on GPU")
+        "auto", description="auto: on CPU bfloat16 where the processor has native bfloat16 instructions "
+        "(avx512_bf16, amx_bf16), else float32 (bfloat16 is emulated and slower there); the model's own dtype on GPU")
     max_model_len: int = Field(2048, ge=64)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
@@ -208,6 +208,8 @@ class DedupConfig(Strict):
     easy_threshold: float | None = Field(None, gt=0, le=1, description="pass rate from which a problem is easy")
     easy_keep: int = Field(0, ge=0, description="rows an easy problem keeps (0: drop it)")
     min_correct: int = Field(1, ge=1, description="a problem the model solved fewer times is dropped")
+    require_work: bool = Field(True, description="drop a correct row that only states its answer and shows no step "
+                                                "to it (a calculation, an intermediate quantity, the problem's terms)")
     across_iterations: bool = Field(True, description="never export again a rationale an earlier iteration exported")
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
 

@@ -6,7 +6,8 @@ index, seed), so two runs give identical bytes, which lets tests compare a resum
 an uninterrupted one. FAKE_ENGINE_DELAY (seconds per generate call) slows it down so a test
 can kill it mid-stage; a question containing "FAIL-ME" comes back as a failed request. Given
 a rationalization hint ("the correct answer is"), it always reaches the answer: odd samples
-by merely copying it ("The answer is N."), even ones with a rationale.
+by merely copying it ("The answer is N."), even ones with a rationale (a calculation, so
+dedup's answer_only rule keeps them).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class FakeEngine(Engine):
             completions = []
             if "the correct answer is" in req.messages[-1]["content"]:
                 for j in range(req.n):
-                    text = f"The answer is {gold}." if j % 2 else f"First I work it out step by step (try {j}).\nThe answer is {gold}."
+                    text = f"The answer is {gold}." if j % 2 else f"First I work it out step by step (try {j}): {gold} + {j} - {j} = {gold}.\nThe answer is {gold}."
                     completions.append(Completion(text=text, finish_reason="stop", completion_tokens=len(text.split())))
                 results.append(Result(prompt_tokens=len(req.messages[-1]["content"].split()), completions=completions))
                 continue
@@ -67,7 +68,7 @@ class FakeEngine(Engine):
                 h = int(hashlib.sha256(f"{req.key}:{j // 2}:{self.seed}".encode()).hexdigest(), 16)
                 # samples come in identical pairs (j // 2), so dedup has exact duplicates to remove
                 if h % 3:
-                    text = f"Let me think step by step (path {h % 7}).\nThe answer is {gold}."
+                    text = f"Let me think step by step (path {h % 7}): {gold} + {h % 7} - {h % 7} = {gold}.\nThe answer is {gold}."
                 else:
                     text = f"I am not sure (path {h % 5}).\nThe answer is {gold}1."
                 completions.append(Completion(text=text, finish_reason="stop", completion_tokens=len(text.split())))

@@ -36,7 +36,9 @@ def verdicts(*problems, status="correct", rationalized=False) -> pa.Table:
 
 
 def cfg(**kw) -> DedupConfig:
-    return DedupConfig(**{"max_per_problem": 100, **kw})
+    """Rules under test on toy texts ("The answer is 7."), which the answer_only rule
+    (tests/test_reasoning.py) would drop first."""
+    return DedupConfig(**{"max_per_problem": 100, "require_work": False, **kw})
 
 
 def kept_texts(sel) -> list[str]:

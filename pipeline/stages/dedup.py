@@ -3,6 +3,8 @@
 Steps, in this order, each set in the `dedup` config and each counted under its own reason:
 
 1. `not_correct`: the verifier did not accept the row.
+   `answer_only`: the row states its answer and shows no step to it (`require_work`; the rule
+   is in pipeline/selection/reasoning.py): a right answer alone is not a rationale.
 2. `contaminated_question` / `contaminated_text`: the problem's question (all its rows go) or
    the rationale shares a word n-gram with an evaluation set (`decontaminate`); listed in
    `_rejects.parquet` and stats.json with the evaluation row and the shared words.
@@ -47,6 +49,7 @@ from tqdm import tqdm
 from pipeline import schema
 from pipeline.config import Config, DedupConfig
 from pipeline.selection import balance, paths
+from pipeline.selection.reasoning import shows_work
 from pipeline.selection.contamination import EvalIndex, load_index
 from pipeline.selection.minhash import MinHasher, near_duplicates
 from pipeline.selection.normalise import keyed, normalise, normalise_array, text_hashes
@@ -58,7 +61,7 @@ __all__ = ["Context", "Selection", "normalise", "run", "select", "select_rows"]
 
 # Reasons that drop rows because a rule says so; every other reason keeps one row of each
 # group of duplicates, so it never empties a problem.
-RULES = ("contaminated_question", "contaminated_text", "below_min_correct", "easy", "exported_before",
+RULES = ("answer_only", "contaminated_question", "contaminated_text", "below_min_correct", "easy", "exported_before",
          "exact_duplicate_across_problems")
 
 
@@ -94,6 +97,18 @@ def _question_from_prompt(prompt: str | None) -> str:
         return next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
     except (ValueError, TypeError, AttributeError, KeyError):
         return ""
+
+
+def _drop_answer_only(table: pa.Table, order: list[int], why: list[str | None], texts, questions: dict) -> None:
+    """Mark `answer_only` the correct rows that show no step to their answer."""
+    extracted = _column(table, "extracted", "")
+    prompts = _column(table, "prompt", "")
+    pids = _column(table, "problem_id", "")
+    for pos, i in enumerate(order):
+        if why[pos] is None:
+            question = questions.get(pids[i]) or _question_from_prompt(prompts[i])
+            if not shows_work(texts[pos].as_py(), extracted[i], question):
+                why[pos] = "answer_only"
 
 
 def select_rows(table: pa.Table, config: DedupConfig, seed: int, questions: dict[str, str] | None = None,
@@ -136,6 +151,8 @@ def select_rows(table: pa.Table, config: DedupConfig, seed: int, questions: dict
         s["samples"] += not rat[pos]
         s["correct"] += why[pos] is None
         s["model_correct"] += why[pos] is None and not rat[pos]
+    if config.require_work:  # after the counts: the pass rate is the verifier's, not this rule's
+        _drop_answer_only(table, order, why, texts, questions or {})
 
     def alive() -> list[int]:
         return [pos for pos in range(n) if why[pos] is None]
@@ -385,7 +402,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
             table = _read_inputs(sources, name)
             if trim:
                 table = trimmed(table, trim)
-            questions = _questions(cfg, iteration, name) if ctx.eval_index else None
+            questions = _questions(cfg, iteration, name) if ctx.eval_index or dc.require_work else None
             s = select_rows(table, dc, cfg.run.seed, questions, ctx)
             check(s.kept.num_rows == table.num_rows - sum(s.removed.values()) + s.repeated,
                   f"dedup {name}: {s.kept.num_rows} kept != {table.num_rows} input rows"
