@@ -46,3 +46,50 @@ def test_bad_rows_go_to_rejects_with_reasons(fake_config, tmp_path):
         assert expected in reasons, f"no reject says {expected!r}: {reasons}"
     assert {r["source_index"] for r in rejects} == set(range(n_good, n_good + n_bad))
     assert reader(cfg, 1, "export").rows > 0, "the good rows go all the way through"
+
+
+def test_the_same_question_with_two_gold_answers_is_flagged_not_silently_collapsed(fake_config, tmp_path):
+    rows = [{"question": "What is 2 + 2?", "answer": "4"}, {"question": "What is 3 + 3?", "answer": "6"},
+            {"question": "what is 2 +  2?", "answer": "4"},   # the same question and answer: a duplicate
+            {"question": "What is 2 + 2?", "answer": "5"}]    # the same question, another answer: a conflict
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = fake_config(task={"name": "columns", "path": str(tmp_path / "p.jsonl")})
+    assert main(["prepare", "--config", str(path)]) == 0
+    problems = reader(load_config(path), 1, "prepare")
+    assert problems.rows == 2
+    reasons = {r["source_index"]: r["reason"] for r in problems.rejects().to_pylist()}
+    assert reasons[2].startswith("duplicate question: collapsed into problem")
+    assert "conflicting gold answers" in reasons[3] and "'4'" in reasons[3] and "'5'" in reasons[3]
+    assert problems.manifest["stats"]["conflicting_answers"] == 1
+
+
+def test_a_source_with_no_usable_problem_stops_with_the_reasons(fake_config, tmp_path, capsys):
+    array = tmp_path / "array.jsonl"
+    array.write_text(json.dumps([{"question": "What is 1 + 1?", "answer": "2"}]))
+    path = fake_config(task={"name": "columns", "path": str(array)})
+    assert main(["run", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "no usable problem" in err and "1 source rows" in err and "rename it to .json" in err, err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    path = fake_config(task={"name": "columns", "path": str(empty)})
+    assert main(["prepare", "--config", str(path)]) == 1
+    assert "no usable problem" in capsys.readouterr().err
+    # the corrected file runs at once: the failed attempt left nothing that needs --force
+    empty.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
+    assert main(["prepare", "--config", str(path)]) == 0
+
+
+def test_a_parquet_binary_question_with_invalid_utf8_is_rejected_not_replaced(fake_config, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"question": pa.array([b"What is 2 + 2?", b"What is \xff + 1?"], pa.binary()),
+                      "answer": ["4", "2"]})
+    pq.write_table(table, tmp_path / "p.parquet")
+    path = fake_config(task={"name": "columns", "path": str(tmp_path / "p.parquet")})
+    assert main(["prepare", "--config", str(path)]) == 0
+    problems = reader(load_config(path), 1, "prepare")
+    assert problems.read_all()["question"].to_pylist() == ["What is 2 + 2?"]
+    (bad,) = problems.rejects().to_pylist()
+    assert bad["source_index"] == 1 and "column 'question' is not valid UTF-8" in bad["reason"]

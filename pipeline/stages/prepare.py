@@ -15,6 +15,8 @@ import re
 import time
 from pathlib import Path
 
+from collections import Counter
+
 from pipeline import schema
 from pipeline.config import Config
 from pipeline.stages import check, open_writer, summary, up_to_date
@@ -108,6 +110,19 @@ def gold_required(cfg: Config) -> bool:
         return True
 
 
+def no_problems_message(cfg: Config, source_rows: int, reasons: Counter) -> str:
+    """Why a source gave no usable problem, with the most common reject reasons and a hint."""
+    where = cfg.task.path or cfg.task.name
+    top = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
+    text = f"prepare: no usable problem in {where} ({source_rows} source rows" + (f"; rejected: {top}" if top else "") + ")"
+    path = Path(cfg.task.path) if cfg.task.path else None
+    if path is not None and path.is_file() and path.suffix == ".jsonl":
+        with open(path, "rb") as f:
+            if f.read(4096).lstrip()[:1] == b"[":
+                return text + f". {path.name} holds one JSON array, not one object per line: rename it to .json"
+    return text + ". Check task.path and task.columns (every reject reason is listed when some rows are usable)"
+
+
 def run(cfg: Config, iteration: int, force: bool = False) -> dict:
     started = time.time()
     answer_required = gold_required(cfg)
@@ -122,14 +137,18 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
             return up_to_date("prepare", writer)
         task = get_task(cfg.task)
         per_shard = cfg.run.problems_per_shard
-        seen_questions: dict[bytes, str] = {}  # digest of the normalised question -> its problem id
+        # digest of the normalised question -> its problem id and its gold answer
+        seen_questions: dict[bytes, tuple[str, str | None]] = {}
         seen_ids: set[str] = set()
         buffer: list[dict] = []
         rejects: list[dict] = []
         names: list[str] = []
-        counts = {"source_rows": 0, "problems": 0, "rejected": 0, "duplicates": 0}
+        counts = {"source_rows": 0, "problems": 0, "rejected": 0, "duplicates": 0, "conflicting_answers": 0}
+
+        reasons: Counter = Counter()
 
         def reject(index, pid, reason, raw):
+            reasons[reason.split(":")[0][:80]] += 1
             rejects.append({"stage": "prepare", "source_index": index, "problem_id": pid, "reason": reason, "raw": _clip(raw)})
 
         def flush():
@@ -162,13 +181,20 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
             # a 20-byte digest, not the text: a million questions would otherwise hold their text twice
             key = hashlib.sha1(normalise_question(question).encode()).digest()
             if key in seen_questions:
+                first, first_answer = seen_questions[key]
                 counts["duplicates"] += 1
-                reject(row.index, pid, f"duplicate question: collapsed into problem {seen_questions[key]}", question)
+                if answer != first_answer:  # one of the two golds is wrong: say so, never collapse silently
+                    counts["conflicting_answers"] += 1
+                    reject(row.index, pid, f"conflicting gold answers: the same question as problem {first}, whose "
+                           f"answer is {first_answer!r}, but this row's is {answer!r}; the first was kept, "
+                           "check the source", question)
+                    continue
+                reject(row.index, pid, f"duplicate question: collapsed into problem {first}", question)
                 continue
             if pid in seen_ids:
                 reject(row.index, pid, f"problem_id: duplicate id {pid!r} with a different question", row.data)
                 continue
-            seen_questions[key] = pid
+            seen_questions[key] = (pid, answer)
             seen_ids.add(pid)
             buffer.append(
                 {"problem_id": pid, "task": task.name, "question": question, "answer": answer,
@@ -176,6 +202,8 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
             )
             if len(buffer) >= per_shard:
                 flush()
+        if not names and not buffer:  # nothing to sample: stop here, not after an empty run
+            raise ValueError(no_problems_message(cfg, counts["source_rows"], reasons))
         if buffer or rejects or not names:
             flush()
         # what reached disk, not only what was counted
@@ -190,7 +218,9 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
     summary(
         "prepare",
         f"{counts['source_rows']} source rows -> {counts['problems']} problems in {len(names)} shards; "
-        f"{counts['rejected']} rejected ({counts['duplicates']} duplicate questions)"
+        f"{counts['rejected']} rejected ({counts['duplicates']} duplicate questions"
+        + (f", {counts['conflicting_answers']} of them with a different gold answer" if counts["conflicting_answers"] else "")
+        + ")"
         + (f", see {writer.path / '_rejects.parquet'}" if counts["rejected"] else ""),
         started,
     )

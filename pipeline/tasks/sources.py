@@ -154,7 +154,7 @@ def _read_parquet(path: Path, start: int) -> Iterator[SourceRow]:
     try:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
             for record in batch.to_pylist():
-                yield SourceRow(index, plain(record))
+                yield _record_row(index, record, f"{path.name} row {index - start}")
                 index += 1
     except (pa.ArrowException, OSError, ValueError) as e:
         yield _error(index, f"{path.name}: unreadable Parquet from row {index - start}: {_short(e)}", "")
@@ -216,7 +216,7 @@ def _read_hub(path: str, split: str, config: str | None) -> Iterator[SourceRow]:
             f"could not load {path!r} from the Hugging Face hub (offline?): {_short(e)}. "
             "Download it or point task.path at a local .jsonl/.parquet/.csv file."
         ) from e
-    return (SourceRow(i, plain(record)) for i, record in enumerate(ds))
+    return (_record_row(i, record, f"{path} row {i}") for i, record in enumerate(ds))
 
 
 def plain(value: Any) -> Any:
@@ -232,10 +232,28 @@ def plain(value: Any) -> Any:
     if isinstance(value, (datetime.date, datetime.time)):
         return value.isoformat()
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+        return value.decode("utf-8")  # strict: invalid UTF-8 is a bad row (_record_row), never U+FFFD
     if isinstance(value, decimal.Decimal):
         return str(value)
     return str(value)
+
+
+def _record_row(index: int, record: dict, where: str) -> SourceRow:
+    """A Parquet or hub record as a row; one whose binary column is not UTF-8 is a bad row."""
+    try:
+        return SourceRow(index, plain(record))
+    except UnicodeDecodeError as e:
+        column = next((k for k, v in record.items() if isinstance(v, bytes) and not _decodes(v)), "?")
+        return _error(index, f"{where}: column {column!r} is not valid UTF-8 (byte {e.start + 1})",
+                      repr(record)[:RAW_CHARS])
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 def _error(index: int, reason: str, raw: str) -> SourceRow:
