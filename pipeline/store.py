@@ -157,7 +157,7 @@ class StageWriter:
         if fp_file.exists():
             old = json.loads(fp_file.read_text())
             if old.get("hash") != self.fingerprint_hash:
-                if not force:
+                if not force and self._journalled():
                     changed = _changed(old.get("parts", {}), self.fingerprint)
                     raise StoreError(
                         f"{self.path} was built from a different input or config "
@@ -174,6 +174,13 @@ class StageWriter:
                 stale.unlink()
         atomic_write_json(fp_file, {"hash": self.fingerprint_hash, "parts": self.fingerprint})
         self._load_progress()
+
+    def _journalled(self) -> bool:
+        """Whether any shard was finished under the old fingerprint: with none (a stage that
+        failed before its first shard, e.g. on a missing input), nothing could be mixed."""
+        progress = self.path / PROGRESS
+        return (progress.exists() and bool(progress.read_text().strip())) or (self.path / MANIFEST).exists() \
+            or (self.path / SUCCESS).exists()
 
     def _wipe(self) -> None:
         for child in self.path.iterdir():

@@ -112,3 +112,14 @@ def test_rejects_are_collected_into_one_file(tmp_path):
         w.finish([part_name(0), part_name(1)])
     assert StageReader(tmp_path / "s").rejects()["source_index"].to_pylist() == [7, 7]
     assert json.loads((tmp_path / "s" / "_manifest.json").read_text())["rejects"] == 2
+
+
+def test_a_stage_that_failed_before_its_first_shard_reruns_with_another_fingerprint(tmp_path):
+    path = tmp_path / "s"
+    with pytest.raises(RuntimeError):
+        with StageWriter(path, "demo", {"source": "missing.jsonl"}, "cfg"):
+            raise RuntimeError("input not found")  # nothing was written but the fingerprint
+    with StageWriter(path, "demo", {"source": "fixed.jsonl"}, "cfg") as w:  # no --force needed: nothing to mix
+        w.write_shard(part_name(0), _table(3))
+        w.finish([part_name(0)])
+    assert StageReader(path).rows == 3
