@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         _common(sub.add_parser(stage, help=f"run the {stage} stage"))
     p = sub.add_parser("status", help="every iteration's stages: done, stale, partial or missing, with counts")
     _common(p)
+    p.add_argument("--check", action="store_true",
+                   help="also check every finished stage against its manifest, journal and checksums (reads every shard)")
     p = sub.add_parser("report", help="write <run dir>/report.md with plots from every iteration so far")
     _common(p)
     p = sub.add_parser("verifiers", help="list verifiers, or measure one on labelled cases")
@@ -54,15 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def status(cfg, config_path: str | None) -> None:
+def status(cfg, config_path: str | None, check: bool = False) -> int:
     """Every iteration on disk (at least iteration 1), each stage done, stale, partial or missing.
 
     Stale means what make means: older than the stage before it or than the config file, so
-    `make iterate` will recheck it (and rebuild it if its fingerprint changed).
+    `make iterate` will recheck it (and rebuild it if its fingerprint changed). With `check`,
+    a finished stage whose files differ from its manifest or journal is `damaged`, with why;
+    returns how many are.
     """
     from pipeline.stages.report import iterations
 
     config_mtime = Path(config_path).stat().st_mtime if config_path else 0.0
+    damaged = 0
     print(f"run {cfg.run.name} ({cfg.run_dir})")
     for k in sorted(set(iterations(cfg)) | {1}):
         print(f"iteration {k}" + (" (base model)" if k == 0 else ""))
@@ -72,7 +77,12 @@ def status(cfg, config_path: str | None) -> None:
                 continue
             path = stage_dir(cfg, k, stage)
             done = path / "_SUCCESS"
-            if done.exists():
+            problems = stage_problems(path) if done.exists() and check else []
+            damaged += bool(problems)
+            if problems:
+                state = "damaged  " + "; ".join(problems[:3]) + f". Rerun `selfimprove {stage} --iter {k}` to repair it"
+                previous = float("inf")
+            elif done.exists():
                 m = json.loads((path / "_manifest.json").read_text())
                 stale = done.stat().st_mtime < previous
                 state = f"{'stale' if stale else 'done':<8} {m['rows']:>8} rows, {m['rejects']} rejects, {m['created']}"
@@ -81,6 +91,24 @@ def status(cfg, config_path: str | None) -> None:
                 state = "partial  (rerun to resume)" if path.exists() else "missing"
                 previous = float("inf")
             print(f"  {stage:<12} {state}")
+    return damaged
+
+
+def stage_problems(path: Path) -> list[str]:
+    """Why a finished stage directory is not what it promises (audit, then every checksum)."""
+    from pipeline.store import StageReader, audit
+
+    problems = audit(path)
+    if problems:
+        return problems
+    try:
+        reader = StageReader(path)
+        for shard in reader.shards:
+            reader.read_shard(shard["file"])
+        reader.rejects()
+    except StoreError as e:
+        return [str(e).split(";")[0]]
+    return []
 
 
 def verifiers_command(args) -> int:
@@ -111,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             return verifiers_command(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "status":
-            status(cfg, args.config)
-            return 0
+            damaged = status(cfg, args.config, check=args.check)
+            return 1 if damaged else 0
         if args.command == "report":
             from pipeline.stages.report import run as report
 

@@ -25,7 +25,7 @@ import os
 import shutil
 import signal
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -122,9 +122,58 @@ def _matches(path: Path, expected_sha256: str | None) -> bool:
     return path.exists() and sha256(path.read_bytes()) == expected_sha256
 
 
-def _changed(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [k for k in keys if old.get(k) != new.get(k)]
+def _changed(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted fields that differ (`sample.n`), compared as JSON (a tuple equals its list)."""
+    old, new = json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str))
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += _changed(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".") or "(all)"]
+
+
+def read_json(path: Path, what: str = "") -> Any:
+    """A JSON file of the store, or a StoreError naming it and what to do."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{path} is missing{what}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path} is not valid JSON (truncated or edited: {e}){what}") from None
+
+
+def audit(path: Path) -> list[str]:
+    """What in a finished stage directory differs from what its manifest and journal promise,
+    without reading any shard: manifest totals, shards journalled but left out of the manifest,
+    Parquet files the manifest does not list. Empty when all is as written."""
+    path = Path(path)
+    try:
+        manifest = read_json(path / MANIFEST)
+    except StoreError as e:
+        return [str(e)]
+    shards = manifest.get("shards", [])
+    listed = {s["file"] for s in shards}
+    problems = []
+    if manifest.get("rows") != sum(s["rows"] for s in shards):
+        problems.append(f"{path / MANIFEST}: rows {manifest.get('rows')} != {sum(s['rows'] for s in shards)}, "
+                        "the sum over its shards")
+    if manifest.get("output_hash") != digest([s["sha256"] for s in shards]):
+        problems.append(f"{path / MANIFEST}: output_hash does not match its shards' checksums (edited?)")
+    journal = path / PROGRESS
+    for line in journal.read_text().splitlines() if journal.exists() else []:
+        try:
+            name = json.loads(line)["file"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if name not in listed and (path / name).exists():
+            problems.append(f"{path / name} was finished ({PROGRESS}) but is not in {MANIFEST}")
+    for f in sorted(path.rglob("*.parquet")):
+        rel = f.relative_to(path).as_posix()
+        if rel not in listed and rel != REJECTS_FILE and not rel.startswith((f"{REJECTS_DIR}/", ".")) \
+                and TMP_MARK not in rel:
+            problems.append(f"{f} is not in {MANIFEST} (a stray file: readers would take it as data); remove it")
+    return sorted(set(problems))
 
 
 class StageWriter:
@@ -155,13 +204,16 @@ class StageWriter:
     def _open(self, force: bool) -> None:
         fp_file = self.path / FINGERPRINT
         if fp_file.exists():
-            old = json.loads(fp_file.read_text())
+            try:
+                old = read_json(fp_file)
+            except StoreError:  # unreadable: treated as another config (refused below if anything was written)
+                old = {"parts": {"(unreadable fingerprint file)": True}}
             if old.get("hash") != self.fingerprint_hash:
                 if not force and self._journalled():
                     changed = _changed(old.get("parts", {}), self.fingerprint)
                     raise StoreError(
                         f"{self.path} was built from a different input or config "
-                        f"(changed: {', '.join(changed) or 'unknown'}); rerun with --force to rebuild it, "
+                        f"(changed: {', '.join(changed[:8]) or 'unknown'}); rerun with --force to rebuild it, "
                         "or use another run.dir"
                     )
                 self._wipe()
@@ -192,6 +244,8 @@ class StageWriter:
         try:
             manifest = json.loads((self.path / MANIFEST).read_text())
         except (OSError, ValueError):
+            return False
+        if audit(self.path):  # e.g. a shard left out of the manifest: finish it again from the journal
             return False
         if not _matches(self.path / REJECTS_FILE, manifest.get("rejects_sha256")):
             return False
@@ -295,7 +349,14 @@ class StageReader:
         if not (self.path / SUCCESS).exists():
             what = f"the {stage} stage" if stage else "the previous stage"
             raise StoreError(f"{self.path} is not finished (no {SUCCESS}); run {what} first")
-        self.manifest = json.loads((self.path / MANIFEST).read_text())
+        problems = audit(self.path)  # every stage checks its input before reading it
+        if problems:
+            name = stage or "<stage>"
+            raise StoreError(f"{self.path} is not what its manifest promises: {'; '.join(problems[:3])}"
+                             + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+                             + f". Run `selfimprove {name}` for that iteration again to repair it "
+                               "(finished shards are kept), or `selfimprove status --check`")
+        self.manifest = read_json(self.path / MANIFEST)
 
     @property
     def shards(self) -> list[dict]:
