@@ -59,12 +59,12 @@ class FakeEngine(Engine):
             gold = self.gold.get(question, "0")
             completions = []
             if "the correct answer is" in req.messages[-1]["content"]:
-                for j in range(req.n):
+                for j in range(params.n):
                     text = f"The answer is {gold}." if j % 2 else f"First I work it out step by step (try {j}): {gold} + {j} - {j} = {gold}.\nThe answer is {gold}."
                     completions.append(Completion(text=text, finish_reason="stop", completion_tokens=len(text.split())))
                 results.append(Result(prompt_tokens=len(req.messages[-1]["content"].split()), completions=completions))
                 continue
-            for j in range(req.n):
+            for j in range(params.n):
                 h = int(hashlib.sha256(f"{req.key}:{j // 2}:{self.seed}".encode()).hexdigest(), 16)
                 # samples come in identical pairs (j // 2), so dedup has exact duplicates to remove
                 if h % 3:

@@ -8,7 +8,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.config import DEFAULT_MODEL_DIR, load_config
 from pipeline.stages import reader, stage_dir
-from pipeline.engines import Request
+from pipeline.engines import Request, SamplingParams
 from pipeline.stages.evaluate import heldout_task, pass_at_k
 from pipeline.tasks import get_task, render_prompt
 from tests.fake_engine import FakeEngine
@@ -94,8 +94,8 @@ def test_pass_at_k_counts_each_problems_samples_across_shards(fake_config):
 
     engine = FakeEngine(cfg.model_copy(update={"task": heldout_task(cfg)}))
     for row in rows:  # the fake engine is deterministic: ask it again, count the right answers
-        request = Request(row["problem_id"], render_prompt(heldout_task(cfg), get_task(heldout_task(cfg)), row["question"]), 4)
-        (result,) = engine.generate([request], cfg.sample)
+        request = Request(row["problem_id"], render_prompt(heldout_task(cfg), get_task(heldout_task(cfg)), row["question"]))
+        (result,) = engine.generate([request], SamplingParams.of(cfg.sample, n=4))
         expected = sum(c.text.endswith(f"The answer is {row['answer']}.") for c in result.completions)
         assert row["samples"] == 4 and row["samples_correct"] == expected, row["problem_id"]
     values = _eval(cfg)["pass_at_k"]["values"]

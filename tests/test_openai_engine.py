@@ -11,7 +11,7 @@ import time
 import pytest
 
 from pipeline.config import load_config
-from pipeline.engines import Request
+from pipeline.engines import Request, SamplingParams
 from pipeline.engines.openai import OpenAIEngine, ServerError
 from pipeline.stages import reader, run_stage, stage_dir
 from tests.conftest import ROOT, selfimprove, write_config
@@ -26,14 +26,14 @@ def _cfg(tmp_path, server: FaultServer, **server_cfg):
     return load_config(write_config(tmp_path / "c.yaml", data))
 
 
-def _requests(*texts, n=3):
-    return [Request(f"p{i}", [{"role": "user", "content": t}], n, seed=100 + i) for i, t in enumerate(texts)]
+def _requests(*texts):
+    return [Request(f"p{i}", [{"role": "user", "content": t}], seed=100 + i) for i, t in enumerate(texts)]
 
 
-def _generate(cfg, requests):
+def _generate(cfg, requests, n=3):
     engine = OpenAIEngine(cfg)
     try:
-        return engine.generate(requests, cfg.sample)
+        return engine.generate(requests, SamplingParams.of(cfg.sample, n=n))
     finally:
         engine.close()
 
@@ -54,8 +54,8 @@ def test_the_sampling_settings_of_the_call_are_sent_not_the_stage_defaults(tmp_p
     with FaultServer() as server:
         cfg = _cfg(tmp_path, server)
         engine = OpenAIEngine(cfg)
-        params = cfg.sample.model_copy(update={"temperature": 0.0, "top_p": 1.0, "max_tokens": 7})  # e.g. a judge's
-        engine.generate(_requests("judge this", n=1), params)
+        params = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_tokens=7)  # e.g. a judge's
+        engine.generate(_requests("judge this"), params)
     body = server.bodies[-1]
     assert (body["temperature"], body["top_p"], body["max_tokens"], body["model"]) == (0.0, 1.0, 7, MODEL)
     assert body["logprobs"] is True and body["seed"] == 100
@@ -92,7 +92,7 @@ def test_a_persistent_failure_becomes_an_error_result_after_bounded_attempts(tmp
 def test_a_client_error_is_not_retried(tmp_path):
     with FaultServer() as server:
         cfg = _cfg(tmp_path, server)
-        results = _generate(cfg, _requests("[fault:400*99] too long", n=1))
+        results = _generate(cfg, _requests("[fault:400*99] too long"), n=1)
     assert "HTTP 400" in results[0].error
     assert len(server.log) == 1
 
@@ -101,7 +101,7 @@ def test_a_client_error_is_not_retried(tmp_path):
 def test_server_without_n_gets_one_request_per_sample(tmp_path, n_mode):
     with FaultServer(n_mode=n_mode) as server:
         cfg = _cfg(tmp_path, server, concurrency=1)
-        results = _generate(cfg, _requests("first", "second", "third", n=4))
+        results = _generate(cfg, _requests("first", "second", "third"), n=4)
     assert all(r.error is None and len(r.completions) == 4 for r in results)
     for i, r in enumerate(results):
         texts = [c.text for c in r.completions]
@@ -116,8 +116,8 @@ def test_server_without_n_gets_one_request_per_sample(tmp_path, n_mode):
 def test_token_counts_from_usage_when_the_server_sends_no_logprobs(tmp_path):
     with FaultServer(logprobs=False) as server:
         cfg = _cfg(tmp_path, server)
-        single = _generate(cfg, _requests("one sample", n=1))[0].completions[0]
-        several = _generate(cfg, _requests("several", n=3))[0].completions
+        single = _generate(cfg, _requests("one sample"), n=1)[0].completions[0]
+        several = _generate(cfg, _requests("several"), n=3)[0].completions
     assert single.completion_tokens == len(single.text.split()) and single.cumulative_logprob is None
     assert sum(c.completion_tokens for c in several) == sum(len(c.text.split()) for c in several)
 
@@ -141,7 +141,7 @@ def test_journal_serves_finished_requests_and_ignores_stale_or_torn_lines(tmp_pa
     with FaultServer() as server:
         cfg = _cfg(tmp_path, server)
         engine = OpenAIEngine(cfg)
-        gen = engine.generate_shards([("part-00000.parquet", _requests("a", "b"))], cfg.sample, journal_dir)
+        gen = engine.generate_shards([("part-00000.parquet", _requests("a", "b"))], SamplingParams.of(cfg.sample), journal_dir)
         name, first = next(gen)  # not resumed: as if the stage died before committing the shard
         gen.close()
         journal = journal_dir / "_requests-part-00000.jsonl"
@@ -150,7 +150,7 @@ def test_journal_serves_finished_requests_and_ignores_stale_or_torn_lines(tmp_pa
             f.write('{"problem_id": "p0", "hash": "torn')  # killed mid-write
         sent = len(server.log)
 
-        again = OpenAIEngine(cfg).generate_shards([("part-00000.parquet", _requests("a", "b"))], cfg.sample, journal_dir)
+        again = OpenAIEngine(cfg).generate_shards([("part-00000.parquet", _requests("a", "b"))], SamplingParams.of(cfg.sample), journal_dir)
         name, second = next(again)
         assert len(server.log) == sent, "everything came from the journal"
         assert [[c.text for c in r.completions] for r in second] == [[c.text for c in r.completions] for r in first]
@@ -159,11 +159,11 @@ def test_journal_serves_finished_requests_and_ignores_stale_or_torn_lines(tmp_pa
         assert not journal.exists(), "the journal goes once the stage has committed the shard"
 
         # a changed request (here: temperature) must not be answered from an old journal
-        old_hash = engine.request_hash(_requests("a")[0], cfg.sample)
+        old_hash = engine.request_hash(_requests("a")[0], SamplingParams.of(cfg.sample))
         journal.write_text(json.dumps({"problem_id": "p0", "hash": old_hash, "prompt_tokens": 1, "completions": [
             {"sample_idx": 0, "text": "stale", "finish_reason": "stop", "completion_tokens": 1, "cumulative_logprob": None}]}) + "\n")
         cfg.sample.temperature = 0.3
-        results = OpenAIEngine(cfg).generate(_requests("a"), cfg.sample)
+        results = OpenAIEngine(cfg).generate(_requests("a"), SamplingParams.of(cfg.sample))
         assert "stale" not in [c.text for c in results[0].completions]
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.config import load_config
-from pipeline.engines import Request
+from pipeline.engines import Request, SamplingParams
 
 pytestmark = pytest.mark.engine
 
@@ -16,12 +16,12 @@ def test_generate_shards_results_errors_and_early_stop():
     # all, more than the shards the engine keeps in flight
     too_long = "word " * 400  # over 256 tokens
     shards = [
-        (f"part-{k}", [Request(f"p{k}-{i}", [{"role": "user", "content": too_long if (k, i) == (1, 1) or k == 2 else f"What is {k} + {i}?"}], 2)
+        (f"part-{k}", [Request(f"p{k}-{i}", [{"role": "user", "content": too_long if (k, i) == (1, 1) or k == 2 else f"What is {k} + {i}?"}])
                        for i in range(3)])
         for k in range(4)
     ]
     served = shards
-    shards = [(f"refused-{k}", [Request(f"r{k}", [{"role": "user", "content": too_long}], 2)]) for k in range(9)] + served
+    shards = [(f"refused-{k}", [Request(f"r{k}", [{"role": "user", "content": too_long}])]) for k in range(9)] + served
     pulled = []
 
     def source():
@@ -32,7 +32,7 @@ def test_generate_shards_results_errors_and_early_stop():
     engine = VLLMEngine(cfg)
     try:
         got = {}
-        for name, results in engine.generate_shards(source(), cfg.sample):
+        for name, results in engine.generate_shards(source(), SamplingParams.of(cfg.sample)):
             assert name in pulled and name not in got
             got[name] = results
         assert sorted(got) == sorted(name for name, _ in shards)
@@ -45,10 +45,10 @@ def test_generate_shards_results_errors_and_early_stop():
                     assert all(c.completion_tokens > 0 and c.finish_reason in ("stop", "length") for c in res.completions)
 
         # a consumer that stops after the first shard leaves nothing running in the engine
-        stream = engine.generate_shards(iter(served), cfg.sample)
+        stream = engine.generate_shards(iter(served), SamplingParams.of(cfg.sample))
         next(stream)
         stream.close()
         assert not engine.llm.llm_engine.has_unfinished_requests()
-        assert [len(r.completions) for r in engine.generate(served[0][1], cfg.sample)] == [2, 2, 2]
+        assert [len(r.completions) for r in engine.generate(served[0][1], SamplingParams.of(cfg.sample))] == [2, 2, 2]
     finally:
         engine.close()

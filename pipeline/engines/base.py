@@ -1,7 +1,8 @@
 """The engine interface: a batch of chat requests in, n completions per request out.
 
-The sample stage knows nothing else about the engine. A request asks for `n` completions of
-one prompt, so an engine that can share the prompt's computation across samples (vLLM's
+The sample stage knows nothing else about the engine. Each call takes the requests and one
+`SamplingParams` value (n, temperature, top_p, max_tokens) for all of them: `n` completions of
+each prompt, so an engine that can share the prompt's computation across samples (vLLM's
 `SamplingParams(n=k)`) does. A request the engine cannot serve (a prompt longer than the
 model's context, a server error that persists) comes back with `error` set instead of
 stopping the batch.
@@ -17,11 +18,27 @@ from typing import Iterable, Iterator
 from pipeline.config import Config, SampleConfig
 
 
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample, for every request of one call: the engine sees this, never the config."""
+
+    n: int = 1  # completions per request
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+
+    @classmethod
+    def of(cls, sample: SampleConfig, **changes) -> "SamplingParams":
+        """The sample section's settings, with `changes` (e.g. n=1, temperature=0.0 for greedy)."""
+        values = {"n": sample.n, "temperature": sample.temperature, "top_p": sample.top_p,
+                  "max_tokens": sample.max_tokens}
+        return cls(**{**values, **changes})
+
+
 @dataclass
 class Request:
     key: str  # the problem id
     messages: list[dict]  # chat messages: [{"role", "content"}, ...]
-    n: int
     seed: int | None = None  # per-request seed; None where the engine is seeded instead
 
 
@@ -62,12 +79,12 @@ class Engine:
     def supports_request_seed(self) -> bool:
         return False
 
-    def generate(self, requests: list[Request], params: SampleConfig, desc: str = "") -> list[Result]:
-        """One result per request, in order."""
+    def generate(self, requests: list[Request], params: SamplingParams, desc: str = "") -> list[Result]:
+        """One result per request, in order, each with `params.n` completions (or an error)."""
         raise NotImplementedError
 
     def generate_shards(
-        self, shards: Iterable[tuple[str, list[Request]]], params: SampleConfig, journal_dir: Path | None = None,
+        self, shards: Iterable[tuple[str, list[Request]]], params: SamplingParams, journal_dir: Path | None = None,
         desc: str = "sample",
     ) -> Iterator[tuple[str, list[Result]]]:
         """Yield (shard name, results in request order) for each shard, as soon as it is complete.

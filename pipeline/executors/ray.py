@@ -111,6 +111,7 @@ class SampleActor:
         return out
 
     def sample_shard(self, name: str) -> tuple[pa.Table, pa.Table, int]:
+        from pipeline.engines import SamplingParams
         from pipeline.stages.sample import shard_requests, shard_rows
 
         cfg, n = self.cfg, self.cfg.sample.n
@@ -119,7 +120,7 @@ class SampleActor:
         try:
             # next() and close(), not a loop: an engine's request journal (openai) must outlive this
             # call until the driver has committed the shard, so the generator is not resumed past it
-            shards = self.engine.generate_shards([(name, requests)], cfg.sample,
+            shards = self.engine.generate_shards([(name, requests)], SamplingParams.of(cfg.sample),
                                                  journal_dir=stage_dir(cfg, self.iteration, "sample"))
             _, results = next(shards)
             shards.close()

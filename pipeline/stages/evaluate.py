@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from pipeline import schema
 from pipeline.config import Config, TaskConfig, digest
-from pipeline.engines import Request, load_engine
+from pipeline.engines import Request, SamplingParams, load_engine
 from pipeline.stages import check, open_writer, summary, up_to_date
 from pipeline.stages.prepare import normalise_question, source_identity, problem_id, validate_answer, validate_question
 from pipeline.stages.sample import request_seed, use_request_seed
@@ -192,12 +192,12 @@ def scores(rows: list[dict], cfg: Config) -> dict:
     return result
 
 
-def _samples_table(requests: list[Request], results, model: str) -> tuple[pa.Table, list[tuple[Request, str]]]:
+def _samples_table(requests: list[Request], results, model: str, n: int) -> tuple[pa.Table, list[tuple[Request, str]]]:
     """Engine results as the sample stage's table (for verify_table); failed requests apart."""
     rows, failed = [], []
     for req, res in zip(requests, results):
-        if res.error is not None or len(res.completions) != req.n:
-            failed.append((req, res.error or f"engine returned {len(res.completions)} of {req.n} completions"))
+        if res.error is not None or len(res.completions) != n:
+            failed.append((req, res.error or f"engine returned {len(res.completions)} of {n} completions"))
             continue
         prompt = json.dumps(req.messages, ensure_ascii=False)
         for idx, c in enumerate(res.completions):
@@ -244,12 +244,12 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
         per_shard = cfg.run.problems_per_shard
         shards = {part_name(i): problems[s:s + per_shard] for i, s in enumerate(range(0, len(problems), per_shard))}
         todo = [n for n in shards if not writer.is_done(n)]
-        greedy = cfg.sample.model_copy(update={"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": ev.max_tokens})
+        greedy = SamplingParams.of(cfg.sample, n=1, temperature=0.0, top_p=1.0, max_tokens=ev.max_tokens)
         sampled = None
         if ev.pass_at_k is not None:
             pk = ev.pass_at_k
-            sampled = cfg.sample.model_copy(update={"n": pk.n, "temperature": pk.temperature, "top_p": pk.top_p,
-                                                    "max_tokens": ev.max_tokens})
+            sampled = SamplingParams.of(cfg.sample, n=pk.n, temperature=pk.temperature, top_p=pk.top_p,
+                                        max_tokens=ev.max_tokens)
         if todo:  # else every shard is committed: no engine, no pool
             engine = load_engine(engine_cfg)
             try:
@@ -259,7 +259,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
                     # All pending shards go to the engine at once (generate_shards keeps its batch full
                     # across them); each is committed as soon as its verdicts are in.
                     messages = {p["problem_id"]: render_prompt(task_cfg, task, p["question"]) for n in todo for p in shards[n]}
-                    greedy_requests = {name: [Request(p["problem_id"], messages[p["problem_id"]], 1) for p in shards[name]]
+                    greedy_requests = {name: [Request(p["problem_id"], messages[p["problem_id"]]) for p in shards[name]]
                                        for name in todo}
                     finished: dict[str, tuple[list[dict], list[dict]]] = {}
 
@@ -280,7 +280,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
                             finished[name] = (rows, shard_rejects)
                     if sampled is not None:  # pass@k: a second pass over the shards, n samples per problem
                         sampled_requests = {
-                            name: [Request(r["problem_id"], messages[r["problem_id"]], sampled.n,
+                            name: [Request(r["problem_id"], messages[r["problem_id"]],
                                            request_seed(cfg.run.seed, iteration, r["problem_id"]) if per_request else None)
                                    for r in finished[name][0]]
                             for name in todo}
@@ -319,7 +319,7 @@ def _failed_rejects(failed: list[tuple[Request, str]]) -> list[dict]:
 def greedy_rows(problems, requests, results, model, pool, verifier_name) -> tuple[list[dict], list[dict]]:
     """One shard's greedy completions -> per-problem rows with their verdicts, and rejects for failed requests."""
     by_id = {p["problem_id"]: p for p in problems}
-    table, failed = _samples_table(requests, results, model)
+    table, failed = _samples_table(requests, results, model, 1)
     verdicts = {r["problem_id"]: r for r in verify_table(table, by_id, pool, verifier_name).to_pylist()}
     failed_ids = {req.key for req, _ in failed}
     rows = []
@@ -337,7 +337,7 @@ def count_correct(rows, requests, results, model, pool, verifier_name, n) -> lis
     """pass@k: sets each row's `samples`/`samples_correct` from its n samples; a problem whose
     request failed leaves its row (and the shard) and becomes a reject. Returns those rejects."""
     by_id = {r["problem_id"]: r for r in rows}
-    table, failed = _samples_table(requests, results, model)
+    table, failed = _samples_table(requests, results, model, n)
     counts = Counter(r["problem_id"] for r in verify_table(table, by_id, pool, verifier_name).to_pylist()
                      if r["status"] == "correct")
     failed_ids = {req.key for req, _ in failed}

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from pipeline import schema
 from pipeline.config import Config
-from pipeline.engines import Request, load_engine
+from pipeline.engines import Request, SamplingParams, load_engine
 from pipeline.stages import check, open_writer, pending, reader, sampling_config, summary, up_to_date
 from pipeline.stages.sample import fingerprint as sample_fingerprint
 from pipeline.stages.sample import request_seed, shard_rows, use_request_seed
@@ -124,7 +124,7 @@ def _rationalize(cfg: Config, iteration: int, problems, verified, writer, todo: 
         def shard_requests():
             for name, (gold, pids) in by_shard.items():
                 plain = [render_prompt(cfg.task, task, gold[pid]["question"]) for pid in pids]
-                requests = [Request(pid, with_hint(messages, r.hint, str(gold[pid]["answer"])), n,
+                requests = [Request(pid, with_hint(messages, r.hint, str(gold[pid]["answer"])),
                                     request_seed(cfg.run.seed + 1, iteration, pid) if per_request else None)
                             for pid, messages in zip(pids, plain)]
                 sent[name] = (requests, plain)
@@ -132,7 +132,7 @@ def _rationalize(cfg: Config, iteration: int, problems, verified, writer, todo: 
 
         with VerifyPool(spec, cfg.verify.params, cfg.verify.workers, cfg.verify.timeout_s,
                         cfg.verify.memory_limit_mb) as pool:
-            for name, results in engine.generate_shards(shard_requests(), cfg.sample, journal_dir=writer.path,
+            for name, results in engine.generate_shards(shard_requests(), SamplingParams.of(cfg.sample, n=n), journal_dir=writer.path,
                                                         desc="rationalize"):
                 gold, pids = by_shard[name]
                 requests, plain = sent.pop(name)

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from pipeline import schema
 from pipeline.config import Config
-from pipeline.engines import Request, load_engine
+from pipeline.engines import Request, SamplingParams, load_engine
 from pipeline.model import model_identity
 from pipeline.stages import check, open_writer, pending, reader, sampling_config, summary, up_to_date
 from pipeline.tasks import get_task, render_prompt
@@ -92,7 +92,7 @@ def use_request_seed(cfg: Config, engine) -> bool:
 def shard_requests(cfg: Config, iteration: int, table, per_request: bool) -> list[Request]:
     """One request for n samples per problem of a prepared shard (both executors build them here)."""
     task = get_task(cfg.task)
-    return [Request(pid, render_prompt(cfg.task, task, question), cfg.sample.n,
+    return [Request(pid, render_prompt(cfg.task, task, question),
                     request_seed(cfg.run.seed, iteration, pid) if per_request else None)
             for pid, question in zip(table["problem_id"].to_pylist(), table["question"].to_pylist())]
 
@@ -164,7 +164,7 @@ def _sampled_here(cfg: Config, iteration: int, problems, todo: list[str],
                 sent[name] = shard_requests(cfg, iteration, problems.read_shard(name), per_request)
                 yield name, sent[name]
 
-        for name, results in engine.generate_shards(requests(), cfg.sample, journal_dir=journal_dir):
+        for name, results in engine.generate_shards(requests(), SamplingParams.of(cfg.sample), journal_dir=journal_dir):
             rows, rejects, tokens = shard_rows(name, sent.pop(name), results, cfg.sample.n, engine)
             yield name, schema.table(rows, schema.SAMPLES), schema.table(rejects, schema.REJECTS), tokens
     finally:

@@ -22,7 +22,8 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from pipeline import schema
-from pipeline.config import Config, SampleConfig
+from pipeline.config import Config
+from pipeline.engines.base import SamplingParams
 from pipeline.stages import check, open_writer, pending, reader, summary, up_to_date
 from pipeline.tasks import get_task
 from verifiers import Verdict, Verifier, VerifyPool, get_verifier
@@ -126,8 +127,8 @@ class JudgeStep:
         self.cfg = cfg.model_copy(deep=True)
         if model:
             self.cfg.model.path = model
-        self.params = SampleConfig(engine=cfg.sample.engine, n=1, temperature=0.0, top_p=1.0,
-                                   max_tokens=int(self.judge.params().get("max_tokens", 256)), per_request_seed="off")
+        self.params = SamplingParams(n=1, temperature=0.0, top_p=1.0,
+                                     max_tokens=int(self.judge.params().get("max_tokens", 256)))
         self.engine = None
         self.judged = 0
 
@@ -150,7 +151,7 @@ class JudgeStep:
 
         if self.engine is None:
             self.engine = load_engine(self.cfg)
-        requests = [Request(f"{jobs[j][0]['problem_id']}/judge/{i}", self.judge.judge_request(jobs[j][0], jobs[j][1][i]), 1)
+        requests = [Request(f"{jobs[j][0]['problem_id']}/judge/{i}", self.judge.judge_request(jobs[j][0], jobs[j][1][i]))
                     for j, i in wanted]
         replies = self.engine.generate(requests, self.params, desc="judge")
         check(len(replies) == len(requests), f"engine returned {len(replies)} judgements for {len(requests)} requests")
