@@ -2,8 +2,9 @@
 
 Two JSONL forms are read: answer pairs `{gold, pred, expected}` (the prediction is handed to
 the verifier as a boxed final answer) and whole model outputs
-`{problem, gold_answer, model_output, label}` (extraction included). Rows with a non-empty
-`caveat` follow another library's conventions; they are reported apart, not mixed in.
+`{problem, gold_answer, model_output, label}` (extraction included), where `metadata`, the
+problem's metadata (the unit tests, for `code`), may come with or instead of `gold_answer`.
+Rows with a non-empty `caveat` follow another library's conventions; they are reported apart.
 Every case runs through the same killable worker pool as the verify stage.
 """
 
@@ -26,12 +27,15 @@ def load_cases(path: str | Path) -> list[dict]:
             problem = {"question": row.get("question", ""), "answer": str(row["gold"]), "metadata": {}}
             sample = {"text": f"The final answer is $\\boxed{{{row['pred']} }}$", "finish_reason": "stop"}  # the space keeps a trailing backslash from eating the brace
             expected = bool(row["expected"])
-        elif {"gold_answer", "model_output", "label"} <= set(row):
-            problem = {"question": row.get("problem", ""), "answer": str(row["gold_answer"]), "metadata": {}}
+        elif {"model_output", "label"} <= set(row) and ("gold_answer" in row or isinstance(row.get("metadata"), dict)):
+            gold = row.get("gold_answer")
+            problem = {"question": row.get("problem", ""), "answer": None if gold is None else str(gold),
+                       "metadata": row.get("metadata") or {}}
             sample = {"text": row["model_output"], "finish_reason": "stop"}
             expected = bool(row["label"])
         else:
-            raise ValueError(f"{path} line {i}: needs {{gold, pred, expected}} or {{problem, gold_answer, model_output, label}}")
+            raise ValueError(f"{path} line {i}: needs {{gold, pred, expected}} or {{problem, gold_answer and/or metadata, "
+                             "model_output, label}")
         cases.append({"line": i, "problem": problem, "sample": sample, "expected": expected,
                       "caveat": bool(row.get("caveat"))})
     return cases

@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -115,6 +116,7 @@ class SandboxResult:
     timed_out: bool = False
     output_exceeded: bool = False
     seconds: float = 0.0
+    stopped: bool = False  # ended early because the caller's `stop` event was set
 
     @property
     def ok(self) -> bool:
@@ -124,6 +126,8 @@ class SandboxResult:
         """Why the run ended, in a few words."""
         if self.timed_out:
             return "time limit exceeded"
+        if self.stopped:
+            return "stopped"
         if self.output_exceeded:
             return "output limit exceeded"
         code = self.exit_code
@@ -184,10 +188,22 @@ class Sandbox:
                 raise SandboxUnavailable(problem)
 
     def run(self, argv: list[str], files: dict[str, str | bytes] | None = None, stdin: bytes = b"",
-            limits: Limits | None = None) -> SandboxResult:
+            limits: Limits | None = None, pass_fds: tuple[int, ...] = (),
+            stop: threading.Event | None = None) -> SandboxResult:
         """Run argv (argv[0] an absolute path; "python" means the sandbox's Python) in its work
-        directory, with `files` (relative names) written there first and `stdin` as its input."""
-        limits = (limits or self.limits).check()
+        directory, with `files` (relative names) written there first and `stdin` as its input.
+
+        `pass_fds` (pipes, say, to another sandbox) are inherited at the same numbers and handed
+        over: closed here as soon as the program has started, so that its end is their end. The
+        run is killed when `stop` is set (for a run in another thread)."""
+        handed = list(pass_fds)
+        try:
+            return self._run(argv, files, stdin, (limits or self.limits).check(), handed, stop)
+        finally:
+            for fd in handed:
+                os.close(fd)
+
+    def _run(self, argv, files, stdin, limits, handed, stop) -> SandboxResult:
         argv = [self.python if a == "python" and i == 0 else a for i, a in enumerate(argv)]
         files = {name: c.encode() if isinstance(c, str) else c for name, c in (files or {}).items()}
         for name in files:
@@ -203,10 +219,10 @@ class Sandbox:
             stdin_file.write(stdin)
             stdin_file.seek(0)
             if self.mode == "bwrap":
-                return self._run_bwrap(launcher + argv, files, env, stdin_file, limits)
-            return self._run_rlimits(launcher + argv, files, env, stdin_file, limits, run_uid)
+                return self._run_bwrap(launcher + argv, files, env, stdin_file, limits, handed, stop)
+            return self._run_rlimits(launcher + argv, files, env, stdin_file, limits, run_uid, handed, stop)
 
-    def _run_bwrap(self, command, files, env, stdin_file, limits) -> SandboxResult:
+    def _run_bwrap(self, command, files, env, stdin_file, limits, handed, stop) -> SandboxResult:
         args = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
                 "--new-session", "--clearenv", "--hostname", "sandbox", *_system_mounts(self.python),
                 "--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmpfs_mb << 20), "--tmpfs", WORKDIR]
@@ -226,14 +242,15 @@ class Sandbox:
             for key, value in {**env, "HOME": WORKDIR, "TMPDIR": WORKDIR}.items():
                 args += ["--setenv", key, value]
             return _execute([*args, "--", *command], None, {}, stdin_file, limits,
-                            [info_write, *(f.fileno() for f in sources)], info_read)
+                            [info_write, *(f.fileno() for f in sources)], handed, stop, info_read)
         finally:
             os.close(info_write)
             os.close(info_read)
             for f in sources:
                 f.close()
 
-    def _run_rlimits(self, command, files, env, stdin_file, limits, run_uid: int | None) -> SandboxResult:
+    def _run_rlimits(self, command, files, env, stdin_file, limits, run_uid: int | None, handed,
+                     stop) -> SandboxResult:
         with tempfile.TemporaryDirectory(prefix="selfimprove-sandbox-") as work:
             for name, content in files.items():
                 path = os.path.join(work, name)
@@ -246,25 +263,30 @@ class Sandbox:
                         os.chown(path, run_uid, run_uid)
             try:
                 return _execute(command, work, {**env, "HOME": work, "TMPDIR": work}, stdin_file, limits, [],
-                                run_uid=run_uid)
+                                handed, stop, run_uid=run_uid)
             finally:
                 if run_uid is not None:
                     _kill_user(run_uid)
 
 
 def _execute(args: list[str], cwd: str | None, env: dict, stdin_file, limits: Limits, pass_fds: list[int],
-             info_fd: int | None = None, run_uid: int | None = None) -> SandboxResult:
+             handed: list[int], stop: threading.Event | None, info_fd: int | None = None,
+             run_uid: int | None = None) -> SandboxResult:
     """Start args in a new session (as `run_uid`, else nobody, when we are root), collect at most
-    `output_bytes` of output, and SIGKILL the process group at the end or at the wall-clock limit.
+    `output_bytes` of output, and SIGKILL the process group at the end, at the wall-clock limit or
+    when `stop` is set. `handed`: descriptors it inherits, closed here once it has started.
     `info_fd`: where bwrap reports its sandbox's init, whose end means every process in it ended."""
     uid = run_uid if run_uid is not None else SANDBOX_UID
     as_nobody = {"user": uid, "group": uid, "extra_groups": []} if os.geteuid() == 0 else {}
     started = time.monotonic()
     deadline = started + limits.wall_s
     proc = subprocess.Popen(args, cwd=cwd, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, pass_fds=pass_fds, env=env, **as_nobody)
+                            start_new_session=True, pass_fds=[*pass_fds, *handed], env=env, **as_nobody)
+    for fd in handed:
+        os.close(fd)
+    handed.clear()
     out, err = bytearray(), bytearray()
-    timed_out = exceeded = False
+    timed_out = exceeded = stopped = False
     try:
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ, out)
@@ -275,11 +297,14 @@ def _execute(args: list[str], cwd: str | None, env: dict, stdin_file, limits: Li
                 if now >= deadline:
                     timed_out = True
                     break
+                if stop is not None and stop.is_set():
+                    stopped = True
+                    break
                 if exited_at is None and proc.poll() is not None:
                     exited_at = now
                 if exited_at is not None and now > exited_at + 0.2:
                     break  # the program is gone; whatever still holds its pipes (rlimits mode) is not waited for
-                for key, _ in sel.select(timeout=min(0.1, deadline - now)):
+                for key, _ in sel.select(timeout=min(0.1 if stop is None else 0.02, deadline - now)):
                     chunk = os.read(key.fd, 65536)
                     if not chunk:
                         sel.unregister(key.fileobj)
@@ -290,9 +315,10 @@ def _execute(args: list[str], cwd: str | None, env: dict, stdin_file, limits: Li
         _kill_group(proc, _sandbox_init(info_fd) if info_fd is not None else None)
         proc.stdout.close()
         proc.stderr.close()
-    code = None if (timed_out or exceeded) else proc.returncode
+    code = None if (timed_out or exceeded or stopped) else proc.returncode
     cap = limits.output_bytes
-    return SandboxResult(code, bytes(out[:cap]), bytes(err[:cap]), timed_out, exceeded, time.monotonic() - started)
+    return SandboxResult(code, bytes(out[:cap]), bytes(err[:cap]), timed_out, exceeded, time.monotonic() - started,
+                         stopped)
 
 
 def _tasks_by_pid(uid: int, live_only: bool = False) -> dict[int, int]:
