@@ -27,9 +27,9 @@ def test_majority_runs_on_problems_without_answers(fake_config, tmp_path):
     assert correct and all(v["reason"].startswith("pseudo-label") for v in correct)
 
 
-def test_a_gold_verifier_rejects_problems_without_answers(fake_config, tmp_path):
+def test_a_gold_verifier_rejects_problems_without_answers(fake_config, tmp_path, capsys):
     config = fake_config(task={"name": "columns", "path": str(_source(tmp_path)), "columns": {"question": "q", "answer": None}})
-    assert main(["prepare", "--config", str(config)]) == 0
-    problems = reader(load_config(config), 1, "prepare")
-    assert problems.rows == 0
-    assert all("answer" in r for r in problems.rejects()["reason"].to_pylist())
+    # no problem is usable, so prepare stops (exit 1) and says why instead of an empty run
+    assert main(["prepare", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "no usable problem" in err and "6 x answer" in err, err

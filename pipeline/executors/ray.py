@@ -1,6 +1,6 @@
 """`run.executor: ray`: the work of sample and verify as Ray Data pipelines.
 
-The stage itself (pipeline/stages/sample.py, verify.py) runs on the driver, this process, on
+The stage itself (the sample and verify stages) runs on the driver, this process, on
 either executor: it opens the StageWriter with its fingerprint, hands the shards still to do to
 `sampled_shards` / `verified_shards` here, and commits each shard (rows and rejects) the moment
 its result streams back, checks the row counts, then writes the manifest and `_SUCCESS`. So
@@ -93,7 +93,7 @@ class SampleActor:
 
     def __init__(self, cfg_json: dict, iteration: int):
         from pipeline.engines import load_engine
-        from pipeline.stages.sample import use_request_seed
+        from pipeline.generation import use_request_seed
 
         self.cfg = Config.model_validate(cfg_json)
         self.iteration = iteration
@@ -112,7 +112,7 @@ class SampleActor:
 
     def sample_shard(self, name: str) -> tuple[pa.Table, pa.Table, int]:
         from pipeline.engines import SamplingParams
-        from pipeline.stages.sample import shard_requests, shard_rows
+        from pipeline.generation import shard_requests, shard_rows
 
         cfg, n = self.cfg, self.cfg.sample.n
         table = StageReader(stage_dir(cfg, self.iteration, "prepare")).read_shard(name)
@@ -165,19 +165,16 @@ class VerifyActor:
     """A VerifyPool per actor: the local executor's per-item hard limits, on every node."""
 
     def __init__(self, cfg_json: dict, iteration: int):
-        from pipeline.stages.verify import verifier_spec
-        from verifiers import VerifyPool, get_verifier
+        from pipeline.verification import build_verifier, open_pool
 
         self.cfg = Config.model_validate(cfg_json)
         self.iteration = iteration
-        v = self.cfg.verify
-        spec = verifier_spec(self.cfg)
-        self.verifier_name = get_verifier(spec, v.params).name
-        self.pool = VerifyPool(spec, v.params, v.workers, v.timeout_s, v.memory_limit_mb)
+        self.verifier_name = build_verifier(self.cfg).name
+        self.pool = open_pool(self.cfg)
         self.pool.__enter__()
 
     def __call__(self, batch: dict) -> dict:
-        from pipeline.stages.verify import verify_table
+        from pipeline.verification import verify_table
 
         out: dict[str, list] = {"shard": [], "verified": []}
         for name in map(str, batch["shard"]):

@@ -1,68 +1,20 @@
 """Stages: each reads the directory of the stage before it and writes its own.
 
-Every stage module has `run(cfg, iteration, force=False) -> manifest`. This file holds what
-they share: where each stage's directory is, how a 1:1 sharded stage opens its output and
-walks the input shards it has not finished yet, and the one-line summaries.
+Every stage module has `run(cfg, iteration, force=False) -> manifest`. What they share lives
+in the layers beneath them (pipeline/runs.py: directories, writers, invariants, summaries;
+generation.py, verification.py, ...); a stage imports no other stage.
 """
 
 from __future__ import annotations
 
 import importlib
-import time
-from pathlib import Path
+
 from pipeline.config import Config
-from pipeline.store import StageReader, StageWriter
+from pipeline.runs import (OUTPUT, STAGES, InvariantError, check, open_writer, pending, reader, sampling_config,
+                           stage_dir, summary, up_to_date)
 
-STAGES = ["prepare", "sample", "verify", "rationalize", "dedup", "export", "train", "evaluate"]
-OUTPUT = {"prepare": "problems", "sample": "samples", "verify": "verified", "rationalize": "rationalized",
-          "dedup": "selected", "export": "export", "train": "model", "evaluate": "eval"}
-
-
-class InvariantError(RuntimeError):
-    """A row-count invariant broke at a stage boundary: a bug, never bad input."""
-
-
-def stage_dir(cfg: Config, iteration: int, stage: str) -> Path:
-    return cfg.iter_dir(iteration) / OUTPUT[stage]
-
-
-def sampling_config(cfg: Config, iteration: int) -> Config:
-    """The config iteration k samples with: the model trained in iteration k-1 (k=1: the base model)."""
-    if iteration <= 1:
-        return cfg
-    from pipeline.stages.train import model_for_iteration
-
-    model = cfg.model.model_copy(update={"path": model_for_iteration(cfg, iteration)})
-    return cfg.model_copy(update={"model": model})
-
-
-def reader(cfg: Config, iteration: int, stage: str) -> StageReader:
-    return StageReader(stage_dir(cfg, iteration, stage), stage)
-
-
-def open_writer(cfg: Config, iteration: int, stage: str, parts: dict, force: bool) -> StageWriter:
-    return StageWriter(stage_dir(cfg, iteration, stage), stage, parts, cfg.config_hash(), force=force)
-
-
-def pending(source: StageReader, writer: StageWriter) -> list[str]:
-    """Input shards whose output shard is not committed yet (resume skips the rest)."""
-    return [s["file"] for s in source.shards if not writer.is_done(s["file"])]
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise InvariantError(message)
-
-
-def up_to_date(stage: str, writer: StageWriter) -> dict:
-    writer.touch_success()
-    manifest = StageReader(writer.path).manifest
-    print(f"{stage}: up to date ({manifest['rows']} rows in {writer.path})", flush=True)
-    return manifest
-
-
-def summary(stage: str, text: str, started: float) -> None:
-    print(f"{stage}: {text} [{time.time() - started:.1f} s]", flush=True)
+__all__ = ["OUTPUT", "STAGES", "InvariantError", "check", "open_writer", "pending", "reader", "run_stage",
+           "sampling_config", "stage_dir", "summary", "up_to_date"]
 
 
 def run_stage(name: str, cfg: Config, iteration: int, force: bool = False) -> dict:

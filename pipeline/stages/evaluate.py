@@ -16,7 +16,6 @@ usual stage files. Shards are committed as they finish, so an interrupted evalua
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter, defaultdict
 
@@ -27,13 +26,13 @@ from pipeline import schema
 from pipeline.config import Config, TaskConfig, digest
 from pipeline.engines import Request, SamplingParams, load_engine
 from pipeline.stages import check, open_writer, summary, up_to_date
-from pipeline.stages.prepare import normalise_question, source_identity, problem_id, validate_answer, validate_question
-from pipeline.stages.sample import request_seed, use_request_seed
+from pipeline.tasks.problems import normalise_question, problem_id, source_identity, validate_answer, validate_question
+from pipeline.generation import request_seed, use_request_seed
+from pipeline.metrics import pass_at_k, rate
 from pipeline.stages.train import model_fingerprint, trained_model
-from pipeline.stages.verify import verifier_spec, verify_table
+from pipeline.verification import build_verifier, open_pool, verifier_spec, verify_table
 from pipeline.store import SUCCESS, StageReader, atomic_write_json, part_name
 from pipeline.tasks import get_task, render_prompt
-from verifiers import VerifyPool, get_verifier
 
 ROWS = pa.schema(
     [
@@ -154,18 +153,6 @@ def eval_model(cfg: Config, k: int) -> str:
     return cfg.model.path if k == 0 else trained_model(cfg, k)
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
-
-
-def rate(correct: int, n: int) -> dict:
-    p = correct / n if n else 0.0
-    return {"n": n, "correct": correct, "accuracy": round(p, 4), "stderr": round(math.sqrt(p * (1 - p) / n), 4) if n else 0.0}
-
-
 def scores(rows: list[dict], cfg: Config) -> dict:
     """eval.json's figures from the per-problem rows."""
     result = rate(sum(r["correct"] for r in rows), len(rows))
@@ -235,7 +222,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
     engine_cfg.model.path = model
     engine_cfg.task = task_cfg  # the engine serves the held-out problems
     spec = verifier_spec(engine_cfg)
-    verifier = get_verifier(spec, cfg.verify.params)
+    verifier = build_verifier(engine_cfg)  # the held-out task's default verifier where verify.verifier is auto
     ev = cfg.evaluate
     with open_writer(cfg, iteration, "evaluate", fingerprint(cfg, model, task_cfg, verifier, problems), force) as writer:
         if writer.up_to_date:
@@ -253,8 +240,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
         if todo:  # else every shard is committed: no engine, no pool
             engine = load_engine(engine_cfg)
             try:
-                with VerifyPool(spec, cfg.verify.params, cfg.verify.workers, cfg.verify.timeout_s,
-                                cfg.verify.memory_limit_mb) as pool:
+                with open_pool(cfg) as pool:
                     per_request = use_request_seed(cfg, engine)
                     # All pending shards go to the engine at once (generate_shards keeps its batch full
                     # across them); each is committed as soon as its verdicts are in.

@@ -10,102 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 import time
-from pathlib import Path
-
 from collections import Counter
+from pathlib import Path
 
 from pipeline import schema
 from pipeline.config import Config
 from pipeline.stages import check, open_writer, summary, up_to_date
 from pipeline.store import part_name
 from pipeline.tasks import get_task
-
-RAW_LIMIT = 500
-
-
-def _clip(value) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
-    text = text[:RAW_LIMIT]
-    return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def _bad_text(text: str) -> str | None:
-    if "\x00" in text:
-        return "contains NUL bytes"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "is not valid Unicode (lone surrogate)"
-    return None
-
-
-def validate_question(question, max_chars: int) -> str:
-    if question is None:
-        raise ValueError("question: missing (null)")
-    if not isinstance(question, str):
-        raise ValueError(f"question: expected text, got {type(question).__name__}")
-    if not question.strip():
-        raise ValueError("question: empty")
-    if len(question) > max_chars:
-        raise ValueError(f"question: {len(question)} characters exceeds task.max_question_chars={max_chars}")
-    bad = _bad_text(question)
-    if bad:
-        raise ValueError(f"question: {bad}")
-    return question.strip()
-
-
-def validate_answer(answer) -> str:
-    if answer is None:
-        raise ValueError("answer: missing (null)")
-    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
-        raise ValueError(f"answer: expected text or a number, got {type(answer).__name__}")
-    if isinstance(answer, float):
-        if not math.isfinite(answer):
-            raise ValueError(f"answer: not a finite number ({answer})")
-        answer = str(int(answer)) if answer.is_integer() else repr(answer)
-    answer = str(answer).strip()
-    if not answer:
-        raise ValueError("answer: empty")
-    if len(answer) > 1000:
-        raise ValueError(f"answer: {len(answer)} characters is too long for a final answer")
-    bad = _bad_text(answer)
-    if bad:
-        raise ValueError(f"answer: {bad}")
-    return answer
-
-
-def normalise_question(question: str) -> str:
-    return re.sub(r"\s+", " ", question).strip().lower()
-
-
-def problem_id(task: str, source_id, question: str) -> str:
-    """The source's own id when it has one, else a hash of the question: stable across reruns."""
-    if source_id is not None and str(source_id).strip():
-        return str(source_id).strip()
-    return f"{task}-{hashlib.sha1(normalise_question(question).encode()).hexdigest()[:12]}"
-
-
-def source_identity(path: str | None) -> dict:
-    """Size and mtime of local inputs, so an edited file re-prepares; hub ids by name."""
-    if not path:
-        return {}
-    p = Path(path)
-    if not p.exists():
-        return {"hub_id": path}
-    files = sorted(p.rglob("*")) if p.is_dir() else [p]
-    return {str(f): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()}
-
+from pipeline.tasks.problems import (bad_text, clip_raw, normalise_question, problem_id, source_identity,
+                                     validate_answer, validate_question)
 
 def gold_required(cfg: Config) -> bool:
     """Whether a problem without a gold answer is a reject: yes, unless the run's verifier needs none."""
-    from pipeline.stages.verify import verifier_spec
-    from verifiers import get_verifier
+    from pipeline.verification import build_verifier
 
     try:
-        return get_verifier(verifier_spec(cfg), cfg.verify.params).needs_gold
+        return build_verifier(cfg).needs_gold
     except ValueError:  # not loadable here (a plug-in installed elsewhere): the verify stage says so
         return True
 
@@ -149,7 +71,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
 
         def reject(index, pid, reason, raw):
             reasons[reason.split(":")[0][:80]] += 1
-            rejects.append({"stage": "prepare", "source_index": index, "problem_id": pid, "reason": reason, "raw": _clip(raw)})
+            rejects.append({"stage": "prepare", "source_index": index, "problem_id": pid, "reason": reason, "raw": clip_raw(raw)})
 
         def flush():
             name = part_name(len(names))
@@ -172,7 +94,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
                 answer = validate_answer(item.answer) if answer_required or item.answer is not None else None
                 pid = problem_id(task.name, item.id, question)
                 metadata = json.dumps(item.metadata or {}, default=str, ensure_ascii=False)
-                bad = _bad_text(metadata) or _bad_text(pid)
+                bad = bad_text(metadata) or bad_text(pid)
                 if bad:
                     raise ValueError(f"metadata or id {bad}")
             except ValueError as e:

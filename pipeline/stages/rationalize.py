@@ -24,11 +24,9 @@ from pipeline import schema
 from pipeline.config import Config
 from pipeline.engines import Request, SamplingParams, load_engine
 from pipeline.stages import check, open_writer, pending, reader, sampling_config, summary, up_to_date
-from pipeline.stages.sample import fingerprint as sample_fingerprint
-from pipeline.stages.sample import request_seed, shard_rows, use_request_seed
-from pipeline.stages.verify import verifier_spec, verify_table
+from pipeline.generation import request_seed, sampling_fingerprint, shard_rows, use_request_seed
+from pipeline.verification import build_verifier, open_pool, verifier_spec, verify_table
 from pipeline.tasks import get_task, render_prompt
-from verifiers import VerifyPool, get_verifier
 
 
 def with_hint(messages: list[dict], hint: str, answer: str) -> list[dict]:
@@ -73,9 +71,9 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
     n = r.n or cfg.sample.n
     parts = {"input": verified.output_hash, "rationalize": r.model_dump(mode="json")}
     if r.enabled:  # then it samples and verifies: everything that changes those outputs counts
-        sampling = sample_fingerprint(scfg, iteration, problems.output_hash)
+        sampling = sampling_fingerprint(scfg, iteration, problems.output_hash)
         parts.update({k: v for k, v in sampling.items() if k != "input"}, problems=problems.output_hash,
-                     verifier=get_verifier(verifier_spec(cfg), cfg.verify.params).fingerprint())
+                     verifier=build_verifier(cfg).fingerprint())
     with open_writer(cfg, iteration, "rationalize", parts, force) as writer:
         if writer.up_to_date:
             return up_to_date("rationalize", writer)
@@ -104,7 +102,7 @@ def _rationalize(cfg: Config, iteration: int, problems, verified, writer, todo: 
     r = cfg.rationalize
     task = get_task(cfg.task)
     spec = verifier_spec(cfg)
-    verifier = get_verifier(spec, cfg.verify.params)
+    verifier = build_verifier(cfg)
     by_shard: dict[str, tuple[dict, list[str]]] = {}
     for name in todo:
         gold = {row["problem_id"]: row for row in problems.read_shard(name).to_pylist()}
@@ -130,8 +128,7 @@ def _rationalize(cfg: Config, iteration: int, problems, verified, writer, todo: 
                 sent[name] = (requests, plain)
                 yield name, requests
 
-        with VerifyPool(spec, cfg.verify.params, cfg.verify.workers, cfg.verify.timeout_s,
-                        cfg.verify.memory_limit_mb) as pool:
+        with open_pool(cfg) as pool:
             for name, results in engine.generate_shards(shard_requests(), SamplingParams.of(cfg.sample, n=n), journal_dir=writer.path,
                                                         desc="rationalize"):
                 gold, pids = by_shard[name]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.stages import reader, stage_dir, summary
-from pipeline.stages.evaluate import pass_at_k
+from pipeline.metrics import pass_at_k
 
 FUNNEL_STEPS = ["samples", "correct", "kept", "exported"]
 

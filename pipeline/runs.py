@@ -1,0 +1,64 @@
+"""A run on disk: where each stage's directory is, how a stage opens its output and reads its
+input, the row-count invariants at stage boundaries, and the one-line summaries.
+
+Beneath the stages: every stage, executor and shared layer imports this, and it imports no stage.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.store import StageReader, StageWriter
+
+STAGES = ["prepare", "sample", "verify", "rationalize", "dedup", "export", "train", "evaluate"]
+OUTPUT = {"prepare": "problems", "sample": "samples", "verify": "verified", "rationalize": "rationalized",
+          "dedup": "selected", "export": "export", "train": "model", "evaluate": "eval"}
+
+
+class InvariantError(RuntimeError):
+    """A row-count invariant broke at a stage boundary: a bug, never bad input."""
+
+
+def stage_dir(cfg: Config, iteration: int, stage: str) -> Path:
+    return cfg.iter_dir(iteration) / OUTPUT[stage]
+
+
+def sampling_config(cfg: Config, iteration: int) -> Config:
+    """The config iteration k samples with: the model trained in iteration k-1 (k=1: the base model)."""
+    if iteration <= 1:
+        return cfg
+    from pipeline.stages.train import model_for_iteration
+
+    model = cfg.model.model_copy(update={"path": model_for_iteration(cfg, iteration)})
+    return cfg.model_copy(update={"model": model})
+
+
+def reader(cfg: Config, iteration: int, stage: str) -> StageReader:
+    return StageReader(stage_dir(cfg, iteration, stage), stage)
+
+
+def open_writer(cfg: Config, iteration: int, stage: str, parts: dict, force: bool) -> StageWriter:
+    return StageWriter(stage_dir(cfg, iteration, stage), stage, parts, cfg.config_hash(), force=force)
+
+
+def pending(source: StageReader, writer: StageWriter) -> list[str]:
+    """Input shards whose output shard is not committed yet (resume skips the rest)."""
+    return [s["file"] for s in source.shards if not writer.is_done(s["file"])]
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise InvariantError(message)
+
+
+def up_to_date(stage: str, writer: StageWriter) -> dict:
+    writer.touch_success()
+    manifest = StageReader(writer.path).manifest
+    print(f"{stage}: up to date ({manifest['rows']} rows in {writer.path})", flush=True)
+    return manifest
+
+
+def summary(stage: str, text: str, started: float) -> None:
+    print(f"{stage}: {text} [{time.time() - started:.1f} s]", flush=True)
