@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     vsub.add_parser("list", help="every verifier found, and where from")
     c = vsub.add_parser("check", help="accuracy, precision and recall on a labelled JSONL file")
     c.add_argument("--verifier", required=True, help="a registered name or package.module:Class")
-    c.add_argument("--cases", required=True, help="JSONL of {gold, pred, expected} or {problem, gold_answer, model_output, label}")
+    c.add_argument("--cases", required=True, help="JSONL, one case a line: {gold, pred, expected}, or {problem, gold_answer, "
+                   "model_output, label} where a row may carry metadata (the problem's metadata, e.g. the unit tests "
+                   "for code) with or instead of gold_answer")
     c.add_argument("--params", default="{}", help="verifier params as JSON")
     c.add_argument("--workers", type=int, default=0)
     c.add_argument("--timeout", type=float, default=5.0, help="hard limit per item, seconds")

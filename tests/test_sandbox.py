@@ -20,7 +20,9 @@ from verifiers.sandbox import Limits, Sandbox, SandboxUnavailable, bwrap_problem
 ROOT = Path(__file__).resolve().parents[1]
 BWRAP = bwrap_problem()
 needs_bwrap = pytest.mark.skipif(BWRAP is not None, reason=f"bubblewrap cannot sandbox code here: {BWRAP}")
-LIMITS = Limits(wall_s=3.0, cpu_s=2, memory_mb=256, nproc=16, fsize_mb=1, tmpfs_mb=8, output_bytes=100_000)
+LIMITS = Limits(wall_s=3.0, cpu_s=2, memory_mb=1024, nproc=16, fsize_mb=1, tmpfs_mb=8, output_bytes=100_000)
+# rlimits mode as non-root is refused without this opt-in; these tests' own programs are harmless
+UNSAFE_OK = os.geteuid() != 0
 
 
 def survivors(marker: str) -> list[str]:
@@ -203,7 +205,7 @@ def test_passed_descriptors_are_handed_over_and_stop_ends_the_run(box):
 
 
 def test_rlimits_mode_still_limits_memory_time_and_processes():
-    box = Sandbox("rlimits", Limits(wall_s=2.0, cpu_s=1, memory_mb=256, nproc=16))
+    box = Sandbox("rlimits", Limits(wall_s=2.0, cpu_s=1, memory_mb=256, nproc=16), allow_unsafe_rlimits=UNSAFE_OK)
     assert box.run(["python", "-c", "x = bytearray(50 * 1024 ** 3)"]).exit_code == 1
     started = time.monotonic()
     busy = box.run(["python", "-c", "while True: pass"])
@@ -223,7 +225,8 @@ def test_rlimits_mode_still_limits_memory_time_and_processes():
 def test_rlimits_runs_at_once_do_not_share_the_process_limit():
     """Verify workers run code at the same time: one run's processes must not eat another's limit."""
     import threading
-    box = Sandbox("rlimits", Limits(wall_s=10.0, cpu_s=5, memory_mb=256, nproc=8))
+    # 1 GB: without a memory cgroup, 8 processes of 128 MB each (the budget is split between them)
+    box = Sandbox("rlimits", Limits(wall_s=10.0, cpu_s=5, memory_mb=1024, nproc=8))
     sleeper = threading.Thread(target=box.run, args=(["python", "-c", "import os, time\nfor _ in range(6):\n    os.fork()\n    time.sleep(0.05)\ntime.sleep(3)"],))
     sleeper.start()
     time.sleep(1.0)  # the first run now holds its 8 processes
@@ -243,7 +246,7 @@ def test_code_verifier_refuses_without_bubblewrap_unless_opted_in(monkeypatch, t
         with pytest.raises(SandboxUnavailable):
             Sandbox("bwrap")
         monkeypatch.setattr(sandbox_module, "_warned", False)
-        verifier = get_verifier("code", {"sandbox": "rlimits"})
+        verifier = get_verifier("code", {"sandbox": "rlimits", **({"allow_unsafe_rlimits": True} if UNSAFE_OK else {})})
         assert "WARNING: sandbox mode 'rlimits'" in capsys.readouterr().err
         problem = {"question": "q", "answer": None, "metadata": {"test_list": ["assert f() == 1"]}}
         assert verifier.verify(problem, {"text": "```python\ndef f():\n    return 1\n```"}).status == "correct"
@@ -256,7 +259,7 @@ def test_sandbox_arguments_are_checked():
         Sandbox("docker")
     with pytest.raises(ValueError, match="wall_s"):
         Limits(wall_s=0).check()
-    box = Sandbox("rlimits")
+    box = Sandbox("rlimits", allow_unsafe_rlimits=UNSAFE_OK)
     with pytest.raises(ValueError, match="relative"):
         box.run(["python", "-c", "pass"], files={"../x": "y"})
 

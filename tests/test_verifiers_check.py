@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
+
 from tests.conftest import SHARED, selfimprove
+from verifiers.check import load_cases
 
 
 def test_list_shows_builtins():
@@ -33,3 +36,33 @@ def test_shared_answer_pairs_meet_the_bar():
                       SHARED / "equiv" / "answer_pairs.jsonl", "--json").stdout
     figures = json.loads(out.strip().splitlines()[-1])
     assert figures["accuracy"] >= 0.95 and figures["false_positives"] == 0
+
+
+def test_check_names_the_file_and_line_of_a_malformed_case(tmp_path):
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text('{"gold": "1", "pred": "1", "expected": true}\n\n{"gold": "2", "pred": "2", "expected": tru\n')
+    proc = selfimprove("verifiers", "check", "--verifier", "math", "--cases", cases, check=False)
+    assert proc.returncode == 1, proc
+    assert f"{cases} line 3: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('[1, 2]', "line 2: a case must be a JSON object, got list"),
+    ('5', "line 2: a case must be a JSON object, got int"),
+    ('{"gold": "1", "pred": "1", "expected": "false"}', "line 2: expected must be true or false, got 'false'"),
+    ('{"model_output": "x", "label": true}', "line 2: needs {gold, pred, expected} or {problem, gold_answer and/or "
+                                             "metadata, model_output, label}; it has {label, model_output}"),
+    ('{"model_output": "x", "label": true, "metadata": "tests"}', "line 2: metadata must be an object"),
+    ('{"gold_answer": "1", "model_output": 7, "label": true}', "line 2: model_output must be a string, got int"),
+])
+def test_load_cases_says_what_is_wrong_where(tmp_path, line, problem):
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text('{"gold": "1", "pred": "1", "expected": true}\n' + line + "\n")
+    with pytest.raises(ValueError) as e:
+        load_cases(cases)
+    assert str(e.value).startswith(f"{cases} line 2: ") and problem in str(e.value), str(e.value)
+
+
+def test_cases_help_mentions_metadata():
+    out = selfimprove("verifiers", "check", "--help").stdout
+    assert "metadata" in " ".join(out.split())

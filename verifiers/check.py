@@ -18,27 +18,56 @@ from verifiers.pool import VerifyPool
 
 
 def load_cases(path: str | Path) -> list[dict]:
+    """The cases of a JSONL file; ValueError naming the file, the line and what is wrong with it."""
     cases = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        if {"gold", "pred", "expected"} <= set(row):
-            problem = {"question": row.get("question", ""), "answer": str(row["gold"]), "metadata": {}}
-            sample = {"text": f"The final answer is $\\boxed{{{row['pred']} }}$", "finish_reason": "stop"}  # the space keeps a trailing backslash from eating the brace
-            expected = bool(row["expected"])
-        elif {"model_output", "label"} <= set(row) and ("gold_answer" in row or isinstance(row.get("metadata"), dict)):
-            gold = row.get("gold_answer")
-            problem = {"question": row.get("problem", ""), "answer": None if gold is None else str(gold),
-                       "metadata": row.get("metadata") or {}}
-            sample = {"text": row["model_output"], "finish_reason": "stop"}
-            expected = bool(row["label"])
-        else:
-            raise ValueError(f"{path} line {i}: needs {{gold, pred, expected}} or {{problem, gold_answer and/or metadata, "
-                             "model_output, label}")
-        cases.append({"line": i, "problem": problem, "sample": sample, "expected": expected,
-                      "caveat": bool(row.get("caveat"))})
+        try:
+            cases.append(_case(line, i))
+        except ValueError as e:
+            raise ValueError(f"{path} line {i}: {e}") from None
     return cases
+
+
+def _flag(row: dict, key: str) -> bool:
+    value = row[key]
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"{key} must be true or false, got {value!r}")
+
+
+def _case(line: str, i: int) -> dict:
+    try:
+        row = json.loads(line)
+    except ValueError as e:
+        raise ValueError(f"not valid JSON ({e}): {line[:80]!r}") from None
+    except RecursionError:
+        raise ValueError("not valid JSON (nested too deeply)") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"a case must be a JSON object, got {type(row).__name__}: {line[:80]!r}")
+    if "metadata" in row and not isinstance(row["metadata"], (dict, type(None))):
+        raise ValueError(f"metadata must be an object (the problem's metadata), got {type(row['metadata']).__name__}")
+    if {"gold", "pred", "expected"} <= set(row):
+        problem = {"question": row.get("question", ""), "answer": str(row["gold"]), "metadata": {}}
+        sample = {"text": f"The final answer is $\\boxed{{{row['pred']} }}$", "finish_reason": "stop"}  # the space keeps a trailing backslash from eating the brace
+        expected = _flag(row, "expected")
+    elif {"model_output", "label"} <= set(row) and ("gold_answer" in row or isinstance(row.get("metadata"), dict)):
+        if not isinstance(row["model_output"], str):
+            raise ValueError(f"model_output must be a string, got {type(row['model_output']).__name__}")
+        gold = row.get("gold_answer")
+        problem = {"question": row.get("problem", ""), "answer": None if gold is None else str(gold),
+                   "metadata": row.get("metadata") or {}}
+        sample = {"text": row["model_output"], "finish_reason": "stop"}
+        expected = _flag(row, "label")
+    else:
+        raise ValueError(f"needs {{gold, pred, expected}} or {{problem, gold_answer and/or metadata, model_output, "
+                         f"label}}; it has {{{', '.join(sorted(row)) or 'nothing'}}}")
+    return {"line": i, "problem": problem, "sample": sample, "expected": expected, "caveat": bool(row.get("caveat"))}
 
 
 def _metrics(results: list[tuple[dict, object]]) -> dict:

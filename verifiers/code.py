@@ -31,8 +31,9 @@ never enter the solution's sandbox.
 Limits: a test that hands a function of its own to the solution, or checks that the solution
 changed an argument in place, fails; a test that uses a helper or name the solution defined
 (HumanEval's `poly`, a `Counter` it imported) trusts it. With `sandbox: rlimits` the sandboxes
-are only rlimits: as root each runs as a user of its own and the above holds, but otherwise the
-solution runs as you, can read and change what you can, and none of it holds.
+are only rlimits: as root each runs as a user of its own and the above holds; as any other user
+the solution would run as you, could read and change what you can, and none of it would hold, so
+that is refused unless `allow_unsafe_rlimits: true`.
 """
 
 from __future__ import annotations
@@ -549,18 +550,23 @@ def _call_tests(fn_name: str, inputs: list, outputs: list) -> str:
 
 @register("code")
 class CodeVerifier(Verifier):
-    version = "2"  # 2: the tests run apart from the solution, which can no longer forge their report
+    # 2: the tests run apart from the solution, which can no longer forge their report;
+    # 3: memory_mb bounds each sandbox run as a whole, /dev/shm is capped, rlimits as non-root needs an opt-in
+    version = "3"
     needs_gold = False  # the unit tests in the problem row are the gold
     defaults = {
         "sandbox": "bwrap",  # or "rlimits": weaker, an explicit opt-in for machines without bubblewrap
         "tests_key": "auto",
         "compare": "lines",  # stdout vs expected: "lines" (trailing spaces ignored), "tokens", "exact"
-        "timeout_s": 4.0,  # whole run in the sandbox; keep it below verify.timeout_s
+        "timeout_s": 4.0,  # whole run in the sandbox; must be below verify.timeout_s (the pool refuses otherwise)
         "test_timeout_s": 2.0,  # one stdin/stdout test
-        "memory_mb": 512,
+        "memory_mb": 512,  # each sandbox (the solution's, the tests') as a whole, all its processes together
         "max_tests": 100,
         "max_code_chars": 100_000,
         "python": None,  # interpreter inside the sandbox; default /usr/bin/python3
+        # sandbox: rlimits as a non-root user runs the solution as you (it can kill your processes and
+        # change your files): refused unless this is true
+        "allow_unsafe_rlimits": False,
     }
 
     def __init__(self, **params):
@@ -575,10 +581,14 @@ class CodeVerifier(Verifier):
         for name in ("timeout_s", "test_timeout_s", "memory_mb", "max_tests", "max_code_chars"):
             if isinstance(p[name], bool) or not isinstance(p[name], (int, float)) or not p[name] > 0:
                 raise ValueError(f"verifier 'code': {name} must be a number > 0, got {p[name]!r}")
+        if not isinstance(p["allow_unsafe_rlimits"], bool):
+            raise ValueError("verifier 'code': allow_unsafe_rlimits must be true or false, "
+                             f"got {p['allow_unsafe_rlimits']!r}")
+        self.time_limit_s = float(p["timeout_s"])  # its own wall-clock limit: the pool's must be longer
         limits = Limits(wall_s=float(p["timeout_s"]), cpu_s=int(p["timeout_s"]) + 1, memory_mb=int(p["memory_mb"]),
                         output_bytes=MAX_REPORT_BYTES)
         try:
-            self.sandbox = Sandbox(p["sandbox"], limits, p["python"])
+            self.sandbox = Sandbox(p["sandbox"], limits, p["python"], allow_unsafe_rlimits=p["allow_unsafe_rlimits"])
         except SandboxUnavailable as e:
             raise ValueError(f"verifier 'code' refuses to run model-written code: {e}") from None
         if p["sandbox"] == "rlimits" and multiprocessing.parent_process() is None:

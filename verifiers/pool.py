@@ -18,6 +18,12 @@ deadlines need no messages: before each item the worker writes the item's id and
 memory it shares with the parent, which reads them when it wakes at the earliest deadline, so
 every item gets the full limit to itself. When a worker is killed or dies mid-chunk, its item
 gets the verdict; the chunk's other items are verified again by another worker.
+
+A verifier with a wall-clock limit of its own (`time_limit_s`: the `code` verifier's timeout_s)
+must have it below the pool's: otherwise the pool kills the worker first, mid-run, and every slow
+answer gets "timeout" instead of the verifier's verdict. The pool refuses such a pair (see
+`time_limit_problem`). What a killed worker was running in a sandbox is cleaned up by the
+sandbox's janitor (verifiers/sandbox.py): no process, work directory or cgroup is left behind.
 """
 
 from __future__ import annotations
@@ -154,6 +160,9 @@ class VerifyPool:
             raise ValueError(f"workers must be an integer >= 0 (0 = one per CPU), got {workers!r}")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
             raise ValueError(f"timeout_s must be a number > 0, got {timeout_s!r}")
+        problem = time_limit_problem(self.verifier, timeout_s)
+        if problem:
+            raise ValueError(problem)
         if isinstance(memory_limit_mb, bool) or not isinstance(memory_limit_mb, int) or memory_limit_mb < 0:
             raise ValueError(f"memory_limit_mb must be an integer >= 0 (0 = no limit), got {memory_limit_mb!r}")
         self.spec, self.params = spec, dict(params or {})
@@ -309,6 +318,23 @@ class VerifyPool:
 
     def _start(self) -> _Worker:
         return _Worker(self._ctx, self.spec, self.params, self.memory_limit_mb)
+
+
+def time_limit_problem(verifier: Verifier, timeout_s: float) -> str | None:
+    """Why `timeout_s`, the pool's hard limit per item, cannot go with this verifier, or None: it
+    (or a composite's child) has a wall-clock limit of its own, `time_limit_s`, that is not below."""
+    stack = [verifier]
+    while stack:
+        v = stack.pop()
+        stack.extend(getattr(v, "children", ()))
+        own = getattr(v, "time_limit_s", None)
+        if isinstance(own, (int, float)) and own >= timeout_s:
+            return (f"verifier {v.name!r}: its own timeout_s ({own:g} s; verify.params.timeout_s in a run config) "
+                    f"must be below the pool's hard limit per item, verify.timeout_s ({timeout_s:g} s; --timeout of "
+                    "`verifiers check`): past that the worker is killed first, mid-run, and every slow answer would get "
+                    f"'timeout' instead of the verifier's own verdict. Raise verify.timeout_s above {own:g} s, or lower "
+                    "the verifier's timeout_s")
+    return None
 
 
 def _cpu_count() -> int:
