@@ -252,13 +252,46 @@ class DedupConfig(Strict):
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
 
 
+class PreferenceConfig(Strict):
+    """The export's `preference` config: DPO pairs of one problem's prompt, a verified-correct
+    rationale (chosen, from the rows the `sft` config exports) and a wrong one (rejected, from
+    the verify stage). Choices among candidates are seeded (run.seed), so reruns pair alike."""
+
+    pairs_per_problem: int = Field(
+        1, ge=1, le=1024, description="most pairs one problem gives: the balance across problems, so a hard problem "
+        "with many wrong samples cannot crowd out the others (a problem with fewer candidates gives fewer)")
+    rejected_statuses: list[Literal["wrong", "no_answer"]] = Field(
+        default_factory=lambda: ["wrong", "no_answer"], min_length=1,
+        description="verdicts a rejected sample may have: wrong (a wrong final answer) and/or no_answer (none "
+        "found). timeout and error never qualify: the verifier did not judge those samples")
+    pick: Literal["random", "wrong_first"] = Field(
+        "random", description="which eligible rejected samples a problem pairs first when it has more than "
+        "pairs_per_problem: random (seeded), or wrong_first (wrong answers before missing ones, then seeded)")
+    reuse_chosen: bool = Field(
+        True, description="a chosen rationale may sit in several pairs (each with another rejected sample); "
+        "false: each is used once, so a problem gives at most min(correct, wrong) pairs")
+
+    @model_validator(mode="after")
+    def _distinct_statuses(self) -> "PreferenceConfig":
+        if len(set(self.rejected_statuses)) != len(self.rejected_statuses):
+            raise ValueError(f"rejected_statuses lists a status twice: {self.rejected_statuses}")
+        return self
+
+
 class ExportConfig(Strict):
-    validation_fraction: float = Field(0.1, ge=0, lt=1, description="share of problems held out, by problem id")
-    rows_per_shard: int = Field(50_000, ge=1)
+    """One export directory per iteration with three Hugging Face dataset configs: `sft` (the
+    default; conversational prompt-completion), `preference` (DPO pairs) and `prompts` (one row per
+    problem with its gold answer, verifier and pass rate, for RL with verifiable rewards)."""
+
+    validation_fraction: float = Field(0.1, ge=0, lt=1, description="share of problems held out, by problem id "
+                                       "(the same problems in every config)")
+    rows_per_shard: int = Field(50_000, ge=1, description="rows per Parquet shard of each config and split")
     trim_after_answer: bool = Field(
         False, description="cut each completion after the first statement of its final answer (the same answer): "
                            "trailing chatter teaches the next model to ramble. Applied from dedup on, "
-                           "so duplicates are judged on the text that is exported")
+                           "so duplicates are judged on the text that is exported; rejected samples of the "
+                           "preference config are cut the same way")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
 
 
 class TrainConfig(Strict):

@@ -50,15 +50,22 @@ VERIFIED = pa.schema(
 SELECTED = VERIFIED
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGES = pa.list_(MESSAGE)
 
-EXPORT = pa.schema(
+# The export: one directory, three Hugging Face dataset configs, each in a format TRL reads one
+# way. No config has both message and string columns named prompt/completion/messages: TRL
+# decides a row's format from whichever of those keys a set.pop() returns (hash-seed dependent).
+EXPORT_CONFIGS = ("sft", "preference", "prompts")
+EXPORT_SPLITS = ("train", "validation")
+
+# `sft`: conversational prompt-completion; TRL applies the chat template and masks the prompt.
+SFT = pa.schema(
     [
-        ("messages", pa.list_(MESSAGE)),
-        ("prompt", pa.string()),
-        ("completion", pa.string()),
+        ("prompt", MESSAGES),  # the chat as the model saw it, up to its turn (hint-free for rationalizations)
+        ("completion", MESSAGES),  # [the assistant turn]: the verified rationale
         ("problem_id", pa.string()),
         ("sample_idx", pa.int32()),
-        ("answer", pa.string()),
+        ("answer", pa.string()),  # the gold answer the rationale reached
         ("rationalized", pa.bool_()),
         ("iteration", pa.int32()),
         ("model", pa.string()),
@@ -66,6 +73,64 @@ EXPORT = pa.schema(
         ("verifier", pa.string()),
     ]
 )
+EXPORT = SFT  # the export's main table
+
+# `preference`: TRL's conversational preference format (prompt, chosen, rejected), one problem per pair.
+PREFERENCE = pa.schema(
+    [
+        ("prompt", MESSAGES),
+        ("chosen", MESSAGES),  # [assistant turn]: a rationale the sft config exports (verified correct)
+        ("rejected", MESSAGES),  # [assistant turn]: a sample of the same problem with a wrong or no final answer
+        ("problem_id", pa.string()),
+        ("answer", pa.string()),  # gold answer
+        ("chosen_sample_idx", pa.int32()),
+        ("chosen_status", pa.string()),
+        ("chosen_reason", pa.string()),
+        ("chosen_rationalized", pa.bool_()),
+        ("rejected_sample_idx", pa.int32()),
+        ("rejected_status", pa.string()),  # wrong | no_answer (export.preference.rejected_statuses)
+        ("rejected_reason", pa.string()),
+        ("rejected_answer", pa.string()),  # the final answer the verifier extracted from it, if any
+        ("iteration", pa.int32()),
+        ("model", pa.string()),
+        ("task", pa.string()),
+        ("verifier", pa.string()),
+    ]
+)
+
+# `prompts`: one row per sampled problem, for RL with verifiable rewards.
+PROMPTS = pa.schema(
+    [
+        ("prompt", MESSAGES),
+        ("problem_id", pa.string()),
+        ("answer", pa.string()),  # gold answer
+        ("verifier", pa.string()),  # registered name (or module:Class) for verifiers.get_verifier
+        ("verifier_params", pa.string()),  # JSON object: its parameters
+        ("pass_rate", pa.float64()),  # correct / samples in this iteration's (hint-free) samples
+        ("samples", pa.int32()),
+        ("correct", pa.int32()),
+        ("metadata", pa.string()),  # the problem's JSON metadata from its source
+        ("iteration", pa.int32()),
+        ("model", pa.string()),
+        ("task", pa.string()),
+    ]
+)
+
+EXPORT_SCHEMAS = {"sft": SFT, "preference": PREFERENCE, "prompts": PROMPTS}
+
+
+def export_shard_name(config: str, split: str, index: int, total: int) -> str:
+    return f"{config}-{split}-{index:05d}-of-{total:05d}.parquet"
+
+
+def export_shard_of(name: str) -> tuple[str, str] | None:
+    """(config, split) of an export shard's file name; None for anything else (such as the
+    unprefixed `train-*.parquet` shards of exports written before the configs existed)."""
+    parts = name.split("-")
+    if len(parts) > 2 and parts[0] in EXPORT_CONFIGS and parts[1] in EXPORT_SPLITS:
+        return parts[0], parts[1]
+    return None
+
 
 REJECTS = pa.schema(
     [

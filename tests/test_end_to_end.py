@@ -22,17 +22,15 @@ def _check_export(cfg):
     export = stage_dir(cfg, 1, "export")
     funnel = json.loads((export / "stats.json").read_text())["funnel"]
     if funnel["exported"] == 0:
-        assert funnel["correct"] == 0 and not list(export.glob("train-*.parquet"))
-        assert "configs:" not in (export / "README.md").read_text()
+        assert funnel["correct"] == 0 and not list(export.glob("sft-*.parquet"))
         return funnel
     ds = datasets.load_dataset(str(export))
-    assert all("messages" in split.column_names for split in ds.values())
+    assert all({"prompt", "completion"} <= set(split.column_names) for split in ds.values())
     verdicts = {(r["problem_id"], r["sample_idx"]): r for r in reader(cfg, 1, "verify").read_all().to_pylist()}
     for split in ds.values():
         for row in split:
             v = verdicts[(row["problem_id"], row["sample_idx"])]
-            assert v["status"] == "correct" and row["completion"] == v["text"]
-            assert row["messages"][-1] == {"role": "assistant", "content": v["text"]}
+            assert v["status"] == "correct" and row["completion"] == [{"role": "assistant", "content": v["text"]}]
     assert sum(len(split) for split in ds.values()) == funnel["exported"]
     return funnel
 

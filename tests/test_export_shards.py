@@ -1,4 +1,4 @@
-"""Export fills its shards in Arrow batches (to keep memory flat); the shards must hold exactly the selected rows."""
+"""Export fills its shards in Arrow batches (to keep memory flat); the sft shards must hold exactly the selected rows."""
 
 import json
 from collections import Counter
@@ -23,12 +23,21 @@ def test_shards_hold_every_selected_row_once_in_order_across_batches(fake_config
         expected[export.split_of(row["problem_id"], 0.3)].append((row["problem_id"], row["sample_idx"], row["text"]))
     out = stage_dir(cfg, 1, "export")
     for split, rows in expected.items():
-        files = sorted(out.glob(f"{split}-*.parquet"))
+        files = sorted(out.glob(f"sft-{split}-*.parquet"))
         assert len(rows) > 7 and len(files) == -(-len(rows) // 7)
         tables = [pq.read_table(f) for f in files]
         assert [t.num_rows for t in tables[:-1]] == [7] * (len(files) - 1)
-        got = [(r["problem_id"], r["sample_idx"], r["completion"]) for t in tables for r in t.to_pylist()]
+        got = [(r["problem_id"], r["sample_idx"], r["completion"][0]["content"]) for t in tables for r in t.to_pylist()]
         assert got == rows
+    # the other configs fill shards the same way, and the manifest counts every row once
+    manifest = reader(cfg, 1, "export").manifest
+    configs = manifest["stats"]["configs"]
+    for config in ("preference", "prompts"):
+        for split, n in configs[config].items():
+            files = sorted(out.glob(f"{config}-{split}-*.parquet"))
+            assert [pq.read_metadata(f).num_rows for f in files] == [7] * (n // 7) + ([n % 7] if n % 7 else [])
+    assert configs["prompts"]["train"] + configs["prompts"]["validation"] == 40
+    assert manifest["rows"] == sum(sum(c.values()) for c in configs.values())
 
 
 CHATTER = "\n\nI hope this helps! Let me know if you have more questions."
@@ -45,8 +54,8 @@ class ChattyEngine(FakeEngine):
         return results
 
 
-def _exported(cfg) -> list[dict]:
-    return [r for f in sorted(stage_dir(cfg, 1, "export").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+def _exported(cfg, config: str = "sft") -> list[dict]:
+    return [r for f in sorted(stage_dir(cfg, 1, "export").glob(f"{config}-*.parquet")) for r in pq.read_table(f).to_pylist()]
 
 
 def test_trim_after_answer_exports_each_completion_cut_at_its_final_answer(fake_config):
@@ -59,8 +68,12 @@ def test_trim_after_answer_exports_each_completion_cut_at_its_final_answer(fake_
     for row in exported:
         text = sampled[(row["problem_id"], row["sample_idx"])]
         assert text.endswith(CHATTER)
-        assert row["completion"] == row["messages"][-1]["content"] == text[: -len(CHATTER)]
-        assert row["completion"].endswith(f"The answer is {row['answer']}.")
+        assert row["completion"] == [{"role": "assistant", "content": text[: -len(CHATTER)]}]
+        assert row["completion"][0]["content"].endswith(f"The answer is {row['answer']}.")
+    # rejected samples of the preference config are cut the same way: no pair differs in chatter alone
+    pairs = _exported(cfg, "preference")
+    assert pairs and all(not p["rejected"][0]["content"].endswith(CHATTER) for p in pairs)
+    assert all(sampled[(p["problem_id"], p["rejected_sample_idx"])].startswith(p["rejected"][0]["content"]) for p in pairs)
 
 
 class SignOffEngine(FakeEngine):
@@ -76,7 +89,7 @@ class SignOffEngine(FakeEngine):
         for req, result in zip(requests, results):
             gold = self.gold.get(self._question(req), "0")
             for j, c in enumerate(result.completions):
-                c.text = f"I add the numbers up.\nThe answer is {gold}.\n\n{self.SIGN_OFFS[j % 4]}"
+                c.text = f"I take {gold}0 and divide it by ten.\nThe answer is {gold}.\n\n{self.SIGN_OFFS[j % 4]}"
         return results
 
 
@@ -89,7 +102,8 @@ def test_samples_that_differ_only_after_their_answer_are_exported_once_when_trim
         cfg = load_config(config)
         exported = _exported(cfg)
         by_problem = Counter(r["problem_id"] for r in exported)
-        assert len({(r["problem_id"], r["completion"]) for r in exported}) == len(exported), "a duplicate row was exported"
+        assert len({(r["problem_id"], r["completion"][0]["content"]) for r in exported}) == len(exported), \
+            "a duplicate row was exported"
         removed = json.loads((stage_dir(cfg, 1, "dedup") / "stats.json").read_text())["removed"]
         if trim:
             assert set(by_problem.values()) == {1} and removed.get("exact_duplicate") == 3 * len(by_problem)

@@ -49,15 +49,16 @@ def test_export_loads_with_datasets_and_every_row_is_verified(fake_config):
     for r in rows:
         assert (r["problem_id"], r["sample_idx"]) in correct
         assert r["answer"] == gold[r["problem_id"]]
-        assert [m["role"] for m in r["messages"]] == ["user", "assistant"]
-        assert r["messages"][0]["content"] == r["prompt"] and r["messages"][1]["content"] == r["completion"]
+        assert [m["role"] for m in r["prompt"]] == ["user"] and [m["role"] for m in r["completion"]] == ["assistant"]
+        assert "messages" not in r
         assert r["iteration"] == 1 and r["task"] == "arithmetic" and r["verifier"] == "numeric"
     train_pids = {r["problem_id"] for r in ds["train"]}
     val_pids = {r["problem_id"] for r in ds["validation"]}
     assert not train_pids & val_pids, "a problem's rationales never sit in both splits"
     assert all(split_of(p, 0.3) == "validation" for p in val_pids)
     names = sorted(p.name for p in export.glob("*.parquet") if not p.name.startswith("_"))
-    assert names == ["train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
+    assert [n for n in names if n.startswith("sft-")] == ["sft-train-00000-of-00001.parquet", "sft-validation-00000-of-00001.parquet"]
+    assert {n.split("-")[0] for n in names} == {"sft", "preference", "prompts"}
 
 
 def test_dedup_removes_exact_duplicates_and_caps_deterministically(fake_config):
@@ -117,6 +118,6 @@ def test_two_exports_load_their_own_rows(fake_config, tmp_path):
     for n in (2, 4):
         cfg = _run_all(fake_config(run={"dir": str(tmp_path / f"run{n}")}), f"sample.n={n}")
         ds = datasets.load_dataset(str(stage_dir(cfg, 1, "export")))
-        assert len(ds["train"]) + len(ds["validation"]) == reader(cfg, 1, "export").rows
+        assert len(ds["train"]) + len(ds["validation"]) == reader(cfg, 1, "export").manifest["stats"]["funnel"]["exported"]
         loaded.append(sorted((r["problem_id"], r["sample_idx"]) for r in ds["train"]))
     assert loaded[0] != loaded[1]

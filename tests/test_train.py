@@ -10,7 +10,7 @@ from pipeline.cli import main
 from pipeline.config import DEFAULT_MODEL_DIR, load_config
 from pipeline.model import resolve_model_path
 from pipeline.stages import open_writer, reader, stage_dir
-from pipeline.stages.train import build_trainer, model_for_iteration, tokenize_example
+from pipeline.stages.train import build_trainer, export_readers, load_examples, model_for_iteration, tokenize_example
 from pipeline.store import StoreError
 from tests.conftest import ROOT, selfimprove
 
@@ -57,11 +57,10 @@ def test_labels_cover_exactly_the_assistant_reply(tokenizer, tmp_path):
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()  # padding carries no loss
 
 
-def _export_with(cfg, rows):
-    """An export directory as the export stage writes it (train split only)."""
+def _export_with(cfg, rows, name="sft-train-00000-of-00001.parquet", table_schema=schema.SFT):
+    """An export directory as the export stage writes it (the sft config's train split only)."""
     with open_writer(cfg, 1, "export", {"test": len(rows)}, force=False) as w:
-        name = "train-00000-of-00001.parquet"
-        w.write_shard(name, schema.table(rows, schema.EXPORT))
+        w.write_shard(name, schema.table(rows, table_schema))
         w.finish([name])
 
 
@@ -70,7 +69,8 @@ def test_export_without_trainable_rows_gives_the_starting_model(tmp_path):
 
     cfg = load_config(None, [f"run.dir={tmp_path / 'run'}", f"model.path={BASE}", "train.max_length=64"])
     long_reply = "Let me count them one by one. " * 40 + "The answer is 5."
-    _export_with(cfg, [{"messages": [{"role": "user", "content": "How many?"}, {"role": "assistant", "content": long_reply}],
+    _export_with(cfg, [{"prompt": [{"role": "user", "content": "How many?"}],
+                        "completion": [{"role": "assistant", "content": long_reply}],
                         "problem_id": "p1", "sample_idx": 0, "iteration": 1}])
     assert main(["train", "--set", f"run.dir={tmp_path / 'run'}", "--set", f"model.path={BASE}",
                  "--set", "train.max_length=64"]) == 0
@@ -84,6 +84,20 @@ def test_export_without_trainable_rows_gives_the_starting_model(tmp_path):
     assert all(trained[k].dtype == base[k].dtype and (trained[k] == base[k]).all() for k in base)
     assert (out / "tokenizer.json").exists() and (out / "loss.png").exists()
     assert model_for_iteration(cfg, 2) == str(out)
+
+
+def test_export_from_before_the_configs_is_named_for_a_rerun(tmp_path):
+    """An export of unprefixed train-*.parquet shards (messages + string prompt/completion) is not misread."""
+    import pyarrow as pa
+
+    cfg = load_config(None, [f"run.dir={tmp_path / 'run'}", f"model.path={BASE}"])
+    old = pa.schema([("messages", schema.MESSAGES), ("prompt", pa.string()), ("completion", pa.string()),
+                     ("problem_id", pa.string()), ("sample_idx", pa.int32())])
+    _export_with(cfg, [{"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hi."}],
+                        "prompt": "Hi?", "completion": "Hi.", "problem_id": "p1", "sample_idx": 0}],
+                 name="train-00000-of-00001.parquet", table_schema=old)
+    with pytest.raises(StoreError, match=r"older selfimprove.*selfimprove export --iter 1 --force"):
+        load_examples(export_readers(cfg, 1), None, 64)
 
 
 def test_model_for_iteration_names_the_missing_iteration(tmp_path):

@@ -1,9 +1,22 @@
-"""export: fine-tuning-ready train/validation shards, a dataset card, and the run's funnel.
+"""export: one directory with three Hugging Face dataset configs, a dataset card, and the funnel.
 
-Rows are split by problem id (a problem's rationales never sit in both splits). Shards are
-named `train-00000-of-00002.parquet` and the card's YAML `configs` lets
-`datasets.load_dataset(export_dir)` load both splits. `stats.json` holds the funnel
-(problems -> samples -> correct -> kept -> exported) and every problem's pass rate.
+Every config is in a format TRL reads one way, whatever the hash seed (no row carries both a
+`messages` and string `prompt`/`completion` columns, which TRL told apart by a set.pop()):
+
+- `sft` (the default): conversational prompt-completion, `prompt` and `completion` as lists of
+  messages; TRL's SFTTrainer applies the chat template and puts the loss on the completion only.
+- `preference`: DPO pairs of one problem, `prompt`, `chosen` (a rationale `sft` exports) and
+  `rejected` (a sample with a wrong or no final answer), with both verdicts and reasons.
+- `prompts`: one row per sampled problem with its gold answer, the verifier that judges it and
+  its pass rate in this iteration, for RL with verifiable rewards.
+
+Rows are split by problem id, the same problems in every config (none sits in both splits).
+Shards are named `<config>-<split>-00000-of-00002.parquet`; the card's YAML `configs` lets
+`datasets.load_dataset(export_dir)` load `sft` and `load_dataset(export_dir, "preference")`
+the others. Inputs are sharded by problem id, so each input shard holds every sample of its
+problems: a first pass counts each config's rows (shard names carry the count), a second writes
+them. `stats.json` holds the funnel and every problem's pass rate; `config.yaml` the effective
+config; README.md the card (sources, licenses, model, verifier, funnel, code version).
 """
 
 from __future__ import annotations
@@ -13,15 +26,20 @@ import json
 import math
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from pipeline import card as export_card
 from pipeline import schema
 from pipeline.config import Config, digest
 from pipeline.stages import check, open_writer, reader, summary, up_to_date
 from pipeline.store import atomic_write_bytes, atomic_write_json
+from pipeline.verification import verifier_spec
+from verifiers.extract import METHODS, trim_after_answer
 
-SPLITS = ("train", "validation")
+SPLITS = schema.EXPORT_SPLITS
+CONFIGS = schema.EXPORT_CONFIGS
 ARROW_BATCH = 1000  # rows converted to Arrow at a time while a shard fills
 
 
@@ -30,19 +48,20 @@ def split_of(problem_id: str, validation_fraction: float) -> str:
     return "validation" if h < validation_fraction else "train"
 
 
-def shard_name(split: str, i: int, total: int) -> str:
-    return f"{split}-{i:05d}-of-{total:05d}.parquet"
+def shard_name(config: str, split: str, i: int, total: int) -> str:
+    return schema.export_shard_name(config, split, i, total)
+
+
+def _turn(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
 
 
 def to_export_row(row: dict, iteration: int, task: str) -> dict:
-    """A selected sample as a fine-tuning row (its text already trimmed by dedup where
+    """A selected sample as an `sft` row (its text already trimmed by dedup where
     `export.trim_after_answer` is on)."""
-    messages = json.loads(row["prompt"])
-    user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     return {
-        "messages": messages + [{"role": "assistant", "content": row["text"]}],
-        "prompt": user,
-        "completion": row["text"],
+        "prompt": json.loads(row["prompt"]),
+        "completion": _turn(row["text"]),
         "problem_id": row["problem_id"],
         "sample_idx": row["sample_idx"],
         "answer": row["gold"],
@@ -54,169 +73,323 @@ def to_export_row(row: dict, iteration: int, task: str) -> dict:
     }
 
 
-def dataset_card(cfg: Config, iteration: int, counts: dict, funnel: dict, content_hash: str) -> str:
-    # The config name carries the content hash: `datasets` caches a local folder by its name and
-    # config, so two exports both called "default" would load each other's cached rows.
-    # `datasets` cannot load an empty split, so only splits with rows are listed.
-    files = "".join(f'  - split: {s}\n    path: "{s}-*.parquet"\n' for s in SPLITS if counts[s])
-    configs = f"configs:\n- config_name: iter{iteration}-{content_hash}\n  default: true\n  data_files:\n{files}" if files else ""
-    return f"""---
-{configs}tags:
-- selfimprove
-- rejection-sampling
----
+def preference_row(chosen: dict, rejected: dict, iteration: int, task: str) -> dict:
+    """A pair as TRL's conversational preference row; the prompt is the one the rejected sample was drawn with."""
+    return {
+        "prompt": json.loads(rejected["prompt"]),
+        "chosen": _turn(chosen["text"]),
+        "rejected": _turn(rejected["text"]),
+        "problem_id": rejected["problem_id"],
+        "answer": rejected["gold"],
+        "chosen_sample_idx": chosen["sample_idx"],
+        "chosen_status": chosen["status"],
+        "chosen_reason": chosen["reason"],
+        "chosen_rationalized": bool(chosen.get("rationalized")),
+        "rejected_sample_idx": rejected["sample_idx"],
+        "rejected_status": rejected["status"],
+        "rejected_reason": rejected["reason"],
+        "rejected_answer": rejected["extracted"],
+        "iteration": iteration,
+        "model": rejected["model"],
+        "task": task,
+        "verifier": rejected["verifier"],
+    }
 
-# {cfg.run.name} iteration {iteration}
 
-Chain-of-thought rationales sampled from `{cfg.model.path}` on task `{cfg.task.name}` and kept
-because a verifier accepted their final answer (rejection sampling), written by selfimprove.
-
-| split | rows |
-|---|---|
-| train | {counts['train']} |
-| validation | {counts['validation']} |
-
-Funnel: {funnel['problems']} problems -> {funnel['samples']} samples -> {funnel['correct']} correct
--> {funnel['kept']} kept -> {funnel['exported']} exported.
-
-Columns: `messages` (chat turns; the user turn is the prompt as the model saw it, the assistant
-turn the rationale), `prompt`, `completion`, `problem_id`, `sample_idx`, `answer` (the gold
-answer the rationale reached), `rationalized` (sampled with the answer as a hint, which the
-prompt here leaves out), `iteration`, `model`, `task`, `verifier`.
-
-Load with `datasets.load_dataset("<this directory>")`. Config hash: `{cfg.config_hash()}`.
-"""
+def prompts_row(first: dict, samples: list[dict], verifier: dict, metadata: str | None, iteration: int, task: str) -> dict:
+    """One problem for RL: its prompt, gold answer and verifier (from `first`, a whole verdict row)
+    and its pass rate over `samples` (all of its verdicts)."""
+    correct = sum(s["status"] == "correct" for s in samples)
+    return {
+        "prompt": json.loads(first["prompt"]),
+        "problem_id": first["problem_id"],
+        "answer": first["gold"],
+        "verifier": verifier["spec"],
+        "verifier_params": json.dumps(verifier["params"], sort_keys=True),
+        "pass_rate": round(correct / len(samples), 4),
+        "samples": len(samples),
+        "correct": correct,
+        "metadata": metadata,
+        "iteration": iteration,
+        "model": first["model"],
+        "task": task,
+    }
 
 
 def _rank(seed: int, problem_id: str, sample_idx: int) -> bytes:
     return hashlib.sha256(f"{seed}:{problem_id}:{sample_idx}".encode()).digest()
 
 
-def rationalized_keep(selected, max_share: float, seed: int) -> tuple[set | None, int]:
-    """Which rationalized rows fit under `max_share` of the export (None: all), and how many do not.
+def pick_pairs(chosen: list[dict], samples: list[dict], cfg: Config, methods: tuple[str, ...] | None) -> list[tuple[dict, dict]]:
+    """One problem's (chosen, rejected) pairs under `export.preference`.
 
-    The quota is max_share/(1-max_share) times the ordinary rows, so ordinary rows are never
-    dropped to make room; which rationalized rows stay is a seeded, deterministic choice.
-    Only keys of rationalized rows are held in memory.
+    Rejected candidates have an eligible verdict and some text; they are taken in the `pick`
+    order (seeded), each at most once, and one whose (trimmed) text repeats an earlier one is
+    skipped. Chosen rationales are used in a seeded order, cycling when `reuse_chosen` is on.
+    Only sample_idx, status and text are read, so the counting pass needs no other column.
     """
-    plain, hinted = 0, []
-    for _, t in selected.iter_shards(columns=["problem_id", "sample_idx", "rationalized"]):
-        for pid, idx, rat in zip(t["problem_id"].to_pylist(), t["sample_idx"].to_pylist(), t["rationalized"].to_pylist()):
-            if rat:
-                hinted.append((pid, idx))
-            else:
-                plain += 1
-    quota = len(hinted) if max_share >= 1 else math.floor(max_share / (1 - max_share) * plain)
-    if quota >= len(hinted):
-        return None, 0
-    hinted.sort(key=lambda k: _rank(seed, *k))
-    return set(hinted[:quota]), len(hinted) - quota
+    pc, seed = cfg.export.preference, cfg.run.seed
+    eligible = [s for s in samples if s["status"] in pc.rejected_statuses and (s["text"] or "").strip()]
+    if not chosen or not eligible:
+        return []
+    pid = samples[0]["problem_id"]
+    chosen = sorted(chosen, key=lambda r: _rank(seed, pid, r["sample_idx"]))
+    eligible.sort(key=lambda s: (pc.pick == "wrong_first" and s["status"] != "wrong", _rank(seed + 1, pid, s["sample_idx"])))
+    limit = pc.pairs_per_problem if pc.reuse_chosen else min(pc.pairs_per_problem, len(chosen))
+    pairs: list[tuple[dict, dict]] = []
+    seen: set[str] = set()
+    for s in eligible:
+        text = trim_after_answer(s["text"], methods) if methods else s["text"]
+        if text in seen:
+            continue
+        seen.add(text)
+        pairs.append((chosen[len(pairs) % len(chosen)], {**s, "text": text}))
+        if len(pairs) == limit:
+            break
+    return pairs
 
 
-def pass_rates(cfg: Config, iteration: int) -> tuple[dict, Counter]:
-    """Per problem: correct samples / samples; and verdict counts over the whole stage."""
-    verified = reader(cfg, iteration, "verify")
-    correct: dict[str, int] = defaultdict(int)
-    total: dict[str, int] = defaultdict(int)
-    statuses: Counter = Counter()
-    for _, t in verified.iter_shards(columns=["problem_id", "status"]):
-        for pid, status in zip(t["problem_id"].to_pylist(), t["status"].to_pylist()):
-            total[pid] += 1
-            correct[pid] += status == "correct"
-            statuses[status] += 1
-    return {pid: round(correct[pid] / total[pid], 4) for pid in total}, statuses
+def trim_methods(cfg: Config) -> tuple[str, ...] | None:
+    """Rejected samples are cut after their final answer like the chosen ones (dedup cut those),
+    so a pair never differs merely in trailing chatter."""
+    return tuple(cfg.verify.params.get("methods", METHODS)) if cfg.export.trim_after_answer else None
+
+
+# -- the two passes ---------------------------------------------------------------------------
+KEY_COLUMNS = ["problem_id", "sample_idx", "rationalized"]
+VERDICT_COLUMNS = ["problem_id", "sample_idx", "status", "text"]
+
+
+@dataclass
+class Inputs:
+    """The stages export reads (dedup applied every rule, the rationalized share among them:
+    every selected row is exported)."""
+
+    cfg: Config
+    iteration: int
+    selected: object
+    verified: object
+    problems: object
+    verifier: dict  # what judged the samples: spec (for verifiers.get_verifier) and its effective params
+
+    def __post_init__(self):
+        self.verified_files = {s["file"] for s in self.verified.shards}
+        self.problem_files = {s["file"] for s in self.problems.shards}
+
+    def kept_rows(self, name: str, columns: list[str] | None = None) -> list[dict]:
+        """The selected rows of one input shard: what the sft config exports."""
+        return self.selected.read_shard(name, columns).to_pylist()
+
+    def verdicts(self, name: str, table: pa.Table | None = None) -> list[tuple[str, list[dict]]]:
+        """One input shard's verdicts by problem, in order, as the few columns pairing reads and
+        `pos`, the row's position in the shard (the other columns are taken only where needed)."""
+        if table is None:
+            if name not in self.verified_files:
+                return []
+            table = self.verified.read_shard(name, VERDICT_COLUMNS)
+        by_problem: dict[str, list[dict]] = {}
+        for pos, r in enumerate(table.select(VERDICT_COLUMNS).to_pylist()):
+            by_problem.setdefault(r["problem_id"], []).append({**r, "pos": pos})
+        return list(by_problem.items())
+
+
+@dataclass
+class Plan:
+    """What the counting pass found: rows per config and split, verdicts, pass rates."""
+
+    rows: dict = field(default_factory=lambda: {c: Counter() for c in CONFIGS})
+    statuses: Counter = field(default_factory=Counter)
+    rates: dict = field(default_factory=dict)
+    paired_problems: int = 0
+
+
+def count_rows(inp: Inputs) -> Plan:
+    """The first pass: how many rows each config and split gets (shard names carry the count)."""
+    cfg, plan, methods = inp.cfg, Plan(), trim_methods(inp.cfg)
+    frac = cfg.export.validation_fraction
+    for shard in inp.selected.shards:
+        chosen = defaultdict(list)
+        for r in inp.kept_rows(shard["file"], KEY_COLUMNS):
+            plan.rows["sft"][split_of(r["problem_id"], frac)] += 1
+            chosen[r["problem_id"]].append(r)
+        for pid, samples in inp.verdicts(shard["file"]):
+            split = split_of(pid, frac)
+            plan.rows["prompts"][split] += 1
+            statuses = [s["status"] for s in samples]
+            plan.statuses.update(statuses)
+            plan.rates[pid] = round(statuses.count("correct") / len(samples), 4)
+            pairs = len(pick_pairs(chosen.get(pid, []), samples, cfg, methods))
+            plan.rows["preference"][split] += pairs
+            plan.paired_problems += pairs > 0
+    return plan
+
+
+class Sinks:
+    """Each config's splits as shards of `rows_per_shard` rows, committed as they fill.
+
+    The shard being filled is held as Arrow tables of ARROW_BATCH rows, a fraction of the memory
+    of Python dicts. Content is deterministic, so a resumed export keeps its committed shards.
+    """
+
+    def __init__(self, writer, plan: Plan, rows_per_shard: int):
+        self.writer, self.per_shard = writer, rows_per_shard
+        keys = [(c, s) for c in CONFIGS for s in SPLITS]
+        self.totals = {(c, s): math.ceil(plan.rows[c][s] / rows_per_shard) for c, s in keys}
+        self.buffers: dict = {k: [] for k in keys}
+        self.tables: dict = {k: [] for k in keys}
+        self.filled = Counter()
+        self.written = Counter()
+
+    def add(self, config: str, split: str, row: dict) -> None:
+        key = (config, split)
+        self.buffers[key].append(row)
+        self.filled[key] += 1
+        if len(self.buffers[key]) >= ARROW_BATCH:
+            self.tables[key].append(schema.table(self.buffers[key], schema.EXPORT_SCHEMAS[config]))
+            self.buffers[key] = []
+        if self.filled[key] >= self.per_shard:
+            self.flush(key)
+
+    def flush(self, key: tuple[str, str]) -> None:
+        config, split = key
+        name = shard_name(config, split, self.written[key], self.totals[key])
+        if not self.writer.is_done(name):
+            parts = self.tables[key] + [schema.table(self.buffers[key], schema.EXPORT_SCHEMAS[config])]
+            self.writer.write_shard(name, pa.concat_tables(parts).combine_chunks())
+        self.written[key] += 1
+        self.buffers[key], self.tables[key], self.filled[key] = [], [], 0
+
+    def close(self) -> list[str]:
+        """Flush what is left; every shard name, config by config and split by split."""
+        for key in self.buffers:
+            if self.filled[key]:
+                self.flush(key)
+        check(all(self.written[k] == self.totals[k] for k in self.totals),
+              f"export: wrote {dict(self.written)} shards, expected {self.totals}")
+        return [shard_name(c, s, i, self.totals[c, s]) for c, s in self.totals for i in range(self.totals[c, s])]
+
+
+def write_rows(inp: Inputs, sinks: Sinks) -> int:
+    """The second pass: every input shard's rows into the sinks; returns the rationalized sft rows."""
+    cfg, it, task, methods = inp.cfg, inp.iteration, inp.cfg.task.name, trim_methods(inp.cfg)
+    frac = cfg.export.validation_fraction
+    hinted = 0
+    for shard in inp.selected.shards:
+        name = shard["file"]
+        chosen = defaultdict(list)
+        for row in inp.kept_rows(name):
+            hinted += bool(row["rationalized"])
+            sinks.add("sft", split_of(row["problem_id"], frac), to_export_row(row, it, task))
+            chosen[row["problem_id"]].append(row)
+        if name not in inp.verified_files:
+            continue
+        table = inp.verified.read_shard(name)
+        problems = [(pid, samples, pick_pairs(chosen.get(pid, []), samples, cfg, methods))
+                    for pid, samples in inp.verdicts(name, table)]
+        # whole rows only for what is written: each problem's first verdict and its rejected samples
+        wanted = sorted({s["pos"] for _, samples, pairs in problems for s in [samples[0], *(r for _, r in pairs)]})
+        full = dict(zip(wanted, table.take(wanted).to_pylist()))
+        metadata = _metadata(inp.problems, name) if name in inp.problem_files else {}
+        for pid, samples, pairs in problems:
+            split = split_of(pid, frac)
+            for c, r in pairs:
+                sinks.add("preference", split, preference_row(c, {**full[r["pos"]], "text": r["text"]}, it, task))
+            sinks.add("prompts", split, prompts_row(full[samples[0]["pos"]], samples, inp.verifier,
+                                                    metadata.get(pid), it, task))
+    return hinted
+
+
+def _metadata(problems, name: str) -> dict[str, str]:
+    t = problems.read_shard(name, columns=["problem_id", "metadata"])
+    return dict(zip(t["problem_id"].to_pylist(), t["metadata"].to_pylist()))
+
+
+# -- the stage --------------------------------------------------------------------------------
+def fingerprint(cfg: Config, iteration: int, stages: dict) -> dict:
+    """Everything the shards and the card depend on (the code version aside)."""
+    t = cfg.task
+    return {
+        "input": stages["dedup"].output_hash,
+        "verified": stages["verify"].output_hash,
+        "problems": stages["prepare"].output_hash,
+        "rationalized": stages["rationalize"].output_hash,
+        "verifier": stages["verify"].manifest.get("fingerprint_parts", {}).get("verifier"),
+        "verifier_spec": verifier_spec(cfg),
+        "export": cfg.export.model_dump(mode="json"),
+        "task": t.name,
+        "source": {"path": t.path, "split": t.split, "limit": t.limit,
+                   "arithmetic": t.arithmetic.model_dump(mode="json") if t.name == "arithmetic" else None},
+        "model": cfg.model.path,
+        "iteration": iteration,
+        "seed": cfg.run.seed,
+        "trim_methods": trim_methods(cfg),
+    }
 
 
 def run(cfg: Config, iteration: int, force: bool = False) -> dict:
     started = time.time()
-    problems = reader(cfg, iteration, "prepare")
-    samples = reader(cfg, iteration, "sample")
-    selected = reader(cfg, iteration, "dedup")
-    parts = {"input": selected.output_hash, "export": cfg.export.model_dump(mode="json"),
-             "task": cfg.task.name, "iteration": iteration, "max_share": cfg.rationalize.max_share, "seed": cfg.run.seed}
-    with open_writer(cfg, iteration, "export", parts, force) as writer:
+    stages = {s: reader(cfg, iteration, s) for s in ("prepare", "sample", "verify", "rationalize", "dedup")}
+    with open_writer(cfg, iteration, "export", fingerprint(cfg, iteration, stages), force) as writer:
         if writer.up_to_date:
             return up_to_date("export", writer)
-        frac = cfg.export.validation_fraction
-        keep_hinted, over_share = rationalized_keep(selected, cfg.rationalize.max_share, cfg.run.seed)
-
-        def kept(pid: str, idx: int, rat: bool | None) -> bool:
-            return not rat or keep_hinted is None or (pid, idx) in keep_hinted
-
-        counts = Counter()
-        for _, t in selected.iter_shards(columns=["problem_id", "sample_idx", "rationalized"]):
-            for pid, idx, rat in zip(*(t[c].to_pylist() for c in ("problem_id", "sample_idx", "rationalized"))):
-                if kept(pid, idx, rat):
-                    counts[split_of(pid, frac)] += 1
-        totals = {s: math.ceil(counts[s] / cfg.export.rows_per_shard) for s in SPLITS}
-        # The shard being filled is held as Arrow tables of ARROW_BATCH rows, a fraction of the
-        # memory of Python dicts: a 50,000-row shard as dicts took hundreds of MB.
-        buffers: dict[str, list[dict]] = {s: [] for s in SPLITS}
-        tables: dict[str, list[pa.Table]] = {s: [] for s in SPLITS}
-        filled = {s: 0 for s in SPLITS}
-        written = {s: 0 for s in SPLITS}
-        names: list[str] = []
-        hinted_exported = 0
-
-        def flush(split: str) -> None:
-            name = shard_name(split, written[split], totals[split])
-            if not writer.is_done(name):  # deterministic content: a resumed export keeps its shards
-                parts = tables[split] + [schema.table(buffers[split], schema.EXPORT)]
-                writer.write_shard(name, pa.concat_tables(parts).combine_chunks())
-            names.append(name)
-            written[split] += 1
-            buffers[split], tables[split], filled[split] = [], [], 0
-
-        for _, t in selected.iter_shards():
-            for row in t.to_pylist():
-                if not kept(row["problem_id"], row["sample_idx"], row["rationalized"]):
-                    continue
-                hinted_exported += bool(row["rationalized"])
-                split = split_of(row["problem_id"], frac)
-                buffers[split].append(to_export_row(row, iteration, cfg.task.name))
-                filled[split] += 1
-                if len(buffers[split]) >= ARROW_BATCH:
-                    tables[split].append(schema.table(buffers[split], schema.EXPORT))
-                    buffers[split] = []
-                if filled[split] >= cfg.export.rows_per_shard:
-                    flush(split)
-        for split in SPLITS:
-            if filled[split]:
-                flush(split)
-        check(all(written[s] == totals[s] for s in SPLITS), f"export: wrote {written} shards, expected {totals}")
-        exported = sum(writer.done[n]["rows"] for n in names)
-        check(exported + over_share == selected.rows,
-              f"export: {exported} rows exported + {over_share} over the rationalized share != {selected.rows} selected")
-
-        rates, statuses = pass_rates(cfg, iteration)
-        hinted = reader(cfg, iteration, "rationalize")
-        hinted_correct = sum(t["status"].to_pylist().count("correct") for _, t in hinted.iter_shards(columns=["status"]))
-        funnel = {
-            "problems": problems.rows,
-            "rejected_inputs": problems.manifest["rejects"],
-            "samples": samples.rows,
-            "correct": statuses.get("correct", 0),
-            "kept": selected.rows,
-            "exported": exported,
-            "rationalized_samples": hinted.rows,
-            "rationalized_correct": hinted_correct,
-            "rationalized_exported": hinted_exported,
-            "rationalized_over_share": over_share,
-        }
-        stats = {
-            "funnel": funnel,
-            "verdicts": dict(statuses),
-            "splits": {s: counts[s] for s in SPLITS},
-            "problems_solved": sum(1 for r in rates.values() if r > 0),
-            "mean_pass_rate": round(sum(rates.values()) / len(rates), 4) if rates else 0.0,
-            "pass_rates": rates,
-        }
-        content_hash = digest([writer.done[n]["sha256"] for n in names])[:12]
+        over_share = stages["dedup"].manifest.get("stats", {}).get("removed", {}).get("over_rationalized_share", 0)
+        judged = stages["verify"].manifest.get("fingerprint_parts", {}).get("verifier") or {}
+        verifier = {"spec": verifier_spec(cfg), "params": judged.get("params", cfg.verify.params)}
+        inp = Inputs(cfg, iteration, stages["dedup"], stages["verify"], stages["prepare"], verifier)
+        plan = count_rows(inp)
+        sinks = Sinks(writer, plan, cfg.export.rows_per_shard)
+        hinted_exported = write_rows(inp, sinks)
+        names = sinks.close()
+        rows = {c: {s: 0 for s in SPLITS} for c in CONFIGS}
+        for n in names:
+            config, split = schema.export_shard_of(n)
+            rows[config][split] += writer.done[n]["rows"]
+        exported = sum(rows["sft"].values())
+        check(exported == stages["dedup"].rows, f"export: {exported} rows exported != {stages['dedup'].rows} selected")
+        check(rows == {c: {s: plan.rows[c][s] for s in SPLITS} for c in CONFIGS},
+              f"export: wrote {rows} rows, counted {plan.rows}")
+        stats = export_stats(cfg, iteration, stages, plan, rows, over_share, hinted_exported)
+        content_hash = digest([writer.done[n]["sha256"] for n in names])[:16]
         atomic_write_json(writer.path / "stats.json", stats)
-        atomic_write_bytes(writer.path / "README.md", dataset_card(cfg, iteration, counts, funnel, content_hash).encode())
-        manifest = writer.finish(names, stats={"funnel": funnel, "splits": stats["splits"]})
-    summary("export", f"{exported} rows ({counts['train']} train, {counts['validation']} validation) in {writer.path}", started)
+        atomic_write_bytes(writer.path / export_card.CONFIG_FILE, export_card.config_yaml(cfg).encode())
+        card = export_card.dataset_card(cfg, iteration, stats, stages["verify"].manifest.get("fingerprint_parts", {}),
+                                        content_hash)
+        atomic_write_bytes(writer.path / "README.md", card.encode())
+        manifest = writer.finish(names, stats={"funnel": stats["funnel"], "splits": stats["splits"], "configs": rows})
+    pairs, prompts = (sum(rows[c].values()) for c in ("preference", "prompts"))
+    summary("export", f"{exported} sft rows ({rows['sft']['train']} train, {rows['sft']['validation']} validation), "
+                      f"{pairs} preference pairs, {prompts} prompts in {writer.path}", started)
     return manifest
+
+
+def export_stats(cfg: Config, iteration: int, stages: dict, plan: Plan, rows: dict, over_share: int, hinted_exported: int) -> dict:
+    """stats.json: the funnel, verdicts, rows per config and split, every problem's pass rate."""
+    hinted = stages["rationalize"]
+    hinted_correct = sum(t["status"].to_pylist().count("correct") for _, t in hinted.iter_shards(columns=["status"]))
+    funnel = {
+        "problems": stages["prepare"].rows,
+        "rejected_inputs": stages["prepare"].manifest["rejects"],
+        "samples": stages["sample"].rows,
+        "correct": plan.statuses.get("correct", 0),
+        "kept": stages["dedup"].rows,
+        "exported": sum(rows["sft"].values()),
+        "rationalized_samples": hinted.rows,
+        "rationalized_correct": hinted_correct,
+        "rationalized_exported": hinted_exported,
+        "rationalized_over_share": over_share,
+    }
+    rates = plan.rates
+    return {
+        "funnel": funnel,
+        "verdicts": dict(plan.statuses),
+        "splits": dict(rows["sft"]),
+        "configs": rows,
+        "preference": {"pairs": sum(rows["preference"].values()), "problems": plan.paired_problems,
+                       **cfg.export.preference.model_dump(mode="json")},
+        "problems_solved": sum(1 for r in rates.values() if r > 0),
+        "mean_pass_rate": round(sum(rates.values()) / len(rates), 4) if rates else 0.0,
+        "pass_rates": rates,
+    }
 
 
 def print_funnel(manifest: dict) -> None:
@@ -234,3 +407,6 @@ def print_funnel(manifest: dict) -> None:
         print(f"  ({f['rationalized_over_share']} rationalizations left out by rationalize.max_share)")
     if f["rejected_inputs"]:
         print(f"  ({f['rejected_inputs']} input rows rejected: see problems/_rejects.parquet)")
+    configs = manifest["stats"].get("configs")
+    if configs:
+        print("  configs: " + ", ".join(f"{c} {sum(configs[c].values())}" for c in CONFIGS if c in configs))

@@ -1,11 +1,12 @@
-"""train: supervised fine-tuning on the export (TRL), with loss on the assistant's tokens only.
+"""train: supervised fine-tuning on the export's `sft` config (TRL), with loss on the rationale only.
 
 STaR and ReST-EM fine-tune the base model afresh each iteration (`train.from: base`, the
 default); `train.from: previous` continues from iteration k-1's model instead, and
 `train.include_previous_exports` trains on the exports of iterations 1..k together.
 
-Rows are tokenized here, prompt and rationale separately, exactly as the engine sees them at
-sampling time (the chat template's generation prompt, then the generated tokens): labels are
+Rows (the `prompt` messages, then the `completion` message) are tokenized here, prompt and
+rationale separately, exactly as the engine sees them at sampling time (the chat template's
+generation prompt, then the generated tokens), as TRL does with the same config: labels are
 -100 on every prompt token, so only the rationale and its end-of-turn token are learned. A row
 longer than `train.max_length` goes to _rejects: truncating it would teach the model never to
 stop. Weights stay float32 while training (bfloat16 weights would round small updates away)
@@ -113,20 +114,28 @@ def tokenize_example(tokenizer, messages: list[dict]) -> dict:
     return {"input_ids": prompt_ids + reply_ids, "labels": [-100] * len(prompt_ids) + reply_ids}
 
 
+def sft_shards(export: StageReader, iteration: int) -> list[tuple[str, str]]:
+    """(file, split) of every `sft` shard of an export; an export from before the configs existed
+    (unprefixed `train-*.parquet` shards) cannot be read, so it is named for a rerun."""
+    shards = [(s["file"], schema.export_shard_of(s["file"])) for s in export.shards]
+    if export.rows and not any(cs for _, cs in shards):
+        raise StoreError(f"{export.path} was written by an older selfimprove (no sft-*.parquet shards); "
+                         f"rerun `selfimprove export --iter {iteration} --force`")
+    return [(name, cs[1]) for name, cs in shards if cs and cs[0] == "sft"]
+
+
 def load_examples(readers: dict[int, StageReader], tokenizer, max_length: int):
-    """Tokenized train and validation examples, their record rows, and rejects (with reasons)."""
+    """Tokenized train and validation examples of the exports' `sft` config (prompt messages,
+    then the completion's), their record rows, and rejects (with reasons)."""
     examples = {"train": [], "validation": []}
     rows, rejects = [], []
     for j, export in readers.items():
-        for shard in export.shards:
-            split = shard["file"].split("-", 1)[0]
-            if split not in examples:
-                continue
-            table = export.read_shard(shard["file"], columns=["messages", "problem_id", "sample_idx"])
+        for name, split in sft_shards(export, j):
+            table = export.read_shard(name, columns=["prompt", "completion", "problem_id", "sample_idx"])
             for r in table.to_pylist():
                 where = f"iteration {j} {split} row (problem {r['problem_id']}, sample {r['sample_idx']})"
                 try:
-                    ex = tokenize_example(tokenizer, r["messages"] or [])
+                    ex = tokenize_example(tokenizer, (r["prompt"] or []) + (r["completion"] or []))
                     if len(ex["input_ids"]) > max_length:
                         raise ValueError(f"{len(ex['input_ids'])} tokens exceeds train.max_length={max_length}; "
                                          "raise it to train on this row")
