@@ -230,12 +230,13 @@ def _write_stage(path: Path, stage: str, shards: dict[str, pa.Table]) -> None:
 
 
 def _export_rows(rows: list[tuple[str, str]]) -> pa.Table:
-    return schema.table([{"problem_id": p, "completion": c, "sample_idx": 0, "iteration": 1} for p, c in rows], schema.EXPORT)
+    return schema.table([{"problem_id": p, "completion": [{"role": "assistant", "content": c}], "sample_idx": 0, "iteration": 1}
+                         for p, c in rows], schema.SFT)
 
 
 def test_stage_skips_rows_exported_by_earlier_iterations_and_writes_stats(tmp_path):
-    c = load_config(None, [f"run.dir={tmp_path / 'run'}", "dedup.max_per_problem=4"])
-    _write_stage(stage_dir(c, 1, "export"), "export", {"train-00000-of-00001.parquet": _export_rows([("p1", "Because 13 * 2 = 26.")])})
+    c = load_config(None, [f"run.dir={tmp_path / 'run'}", "dedup.max_per_problem=4", "dedup.require_work=false"])
+    _write_stage(stage_dir(c, 1, "export"), "export", {"sft-train-00000-of-00001.parquet": _export_rows([("p1", "Because 13 * 2 = 26.")])})
     t = verdicts(("p1", ["because 13 * 2 =  26.", "Thirteen times two is 26."]), ("p2", ["Because 13 * 2 = 26.", "no"]),
                  status=["correct", "correct"])
     _write_stage(stage_dir(c, 2, "verify"), "verify", {"part-00000.parquet": t})

@@ -47,7 +47,7 @@ def test_export_holds_rationalized_rows_flagged_and_hint_free(rationalized_run):
     hinted = [r for r in rows if r["rationalized"]]
     assert hinted and len(hinted) < len(rows)
     for r in rows:
-        assert all("correct answer is" not in m["content"] for m in r["messages"])
+        assert all("correct answer is" not in m["content"] for m in r["prompt"] + r["completion"])
     funnel = json.loads((export / "stats.json").read_text())["funnel"]
     assert funnel["rationalized_exported"] == len(hinted)
     assert funnel["rationalized_correct"] >= len(hinted)
@@ -60,7 +60,10 @@ def test_rationalized_share_is_capped_and_counted(fake_config):
     funnel = json.loads((stage_dir(cfg, 1, "export") / "stats.json").read_text())["funnel"]
     assert funnel["rationalized_over_share"] > 0
     assert funnel["rationalized_exported"] <= 0.05 * funnel["exported"]
-    assert funnel["exported"] + funnel["rationalized_over_share"] == funnel["kept"]
+    # dedup applies the cap (a rule of its own), so selected/ is exactly what is exported
+    assert funnel["exported"] == funnel["kept"]
+    removed = json.loads((stage_dir(cfg, 1, "dedup") / "stats.json").read_text())["removed"]
+    assert removed["over_rationalized_share"] == funnel["rationalized_over_share"]
 
 
 def test_off_by_default_writes_empty_shards(fake_config):
