@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from pipeline.config import Config
-from pipeline.store import StageReader, StageWriter
+from pipeline.model import model_identity
+from pipeline.store import SUCCESS, StageReader, StageWriter, StoreError
 
 STAGES = ["prepare", "sample", "verify", "rationalize", "dedup", "export", "train", "evaluate"]
 OUTPUT = {"prepare": "problems", "sample": "samples", "verify": "verified", "rationalize": "rationalized",
@@ -29,8 +30,6 @@ def sampling_config(cfg: Config, iteration: int) -> Config:
     """The config iteration k samples with: the model trained in iteration k-1 (k=1: the base model)."""
     if iteration <= 1:
         return cfg
-    from pipeline.stages.train import model_for_iteration
-
     model = cfg.model.model_copy(update={"path": model_for_iteration(cfg, iteration)})
     return cfg.model_copy(update={"model": model})
 
@@ -62,3 +61,31 @@ def up_to_date(stage: str, writer: StageWriter) -> dict:
 
 def summary(stage: str, text: str, started: float) -> None:
     print(f"{stage}: {text} [{time.time() - started:.1f} s]", flush=True)
+
+
+# -- which model where ------------------------------------------------------------------------
+def trained_model(cfg: Config, k: int) -> str:
+    """iter-k/model, the model trained in iteration k; a clear error if it is not finished."""
+    path = stage_dir(cfg, k, "train")
+    if not (path / SUCCESS).exists():
+        raise StoreError(
+            f"the model of iteration {k} ({path}) is not trained yet; run `make iterate ITER={k}` "
+            f"(or `selfimprove train --iter {k}`) first"
+        )
+    return str(path)
+
+
+def model_for_iteration(cfg: Config, k: int) -> str:
+    """The model iteration k samples with: the base model for k=1, else iteration k-1's model."""
+    if k < 1:
+        raise ValueError(f"iteration {k}: iterations that sample start at 1 (iteration 0 is the base model)")
+    return cfg.model.path if k == 1 else trained_model(cfg, k - 1)
+
+
+def model_fingerprint(path: str) -> dict:
+    """What identifies a model for fingerprints (a trained one by the hash of its files)."""
+    return model_identity(path)
+
+
+def starting_model(cfg: Config, k: int) -> str:
+    return model_for_iteration(cfg, k) if cfg.train.from_ == "previous" else cfg.model.path

@@ -29,7 +29,7 @@ from pipeline.stages import check, open_writer, summary, up_to_date
 from pipeline.tasks.problems import normalise_question, problem_id, source_identity, validate_answer, validate_question
 from pipeline.generation import request_seed, use_request_seed
 from pipeline.metrics import pass_at_k, rate
-from pipeline.stages.train import model_fingerprint, trained_model
+from pipeline.runs import model_fingerprint, trained_model
 from pipeline.verification import build_verifier, open_pool, verifier_spec, verify_table
 from pipeline.store import SUCCESS, StageReader, atomic_write_json, part_name
 from pipeline.tasks import get_task, render_prompt

@@ -36,7 +36,8 @@ import pyarrow as pa
 
 from pipeline import schema
 from pipeline.config import Config, digest
-from pipeline.model import model_identity, resolve_model_path
+from pipeline.model import resolve_model_path
+from pipeline.runs import model_fingerprint, model_for_iteration, starting_model, trained_model
 from pipeline.stages import open_writer, stage_dir, summary, up_to_date
 from pipeline.store import MANIFEST, SUCCESS, StageReader, StoreError, part_name, sha256
 
@@ -52,34 +53,6 @@ ROWS = pa.schema(
 )
 TMP_MODEL = ".tmp-model"
 TMP_TRAINER = ".tmp-trainer"
-
-
-# -- which model where ------------------------------------------------------------------------
-def trained_model(cfg: Config, k: int) -> str:
-    """iter-k/model, the model trained in iteration k; a clear error if it is not finished."""
-    path = stage_dir(cfg, k, "train")
-    if not (path / SUCCESS).exists():
-        raise StoreError(
-            f"the model of iteration {k} ({path}) is not trained yet; run `make iterate ITER={k}` "
-            f"(or `selfimprove train --iter {k}`) first"
-        )
-    return str(path)
-
-
-def model_for_iteration(cfg: Config, k: int) -> str:
-    """The model iteration k samples with: the base model for k=1, else iteration k-1's model."""
-    if k < 1:
-        raise ValueError(f"iteration {k}: iterations that sample start at 1 (iteration 0 is the base model)")
-    return cfg.model.path if k == 1 else trained_model(cfg, k - 1)
-
-
-def model_fingerprint(path: str) -> dict:
-    """What identifies a model for fingerprints (a trained one by the hash of its files)."""
-    return model_identity(path)
-
-
-def starting_model(cfg: Config, k: int) -> str:
-    return model_for_iteration(cfg, k) if cfg.train.from_ == "previous" else cfg.model.path
 
 
 # -- data -------------------------------------------------------------------------------------
