@@ -61,15 +61,20 @@ def test_answer_is_stops_at_the_line():
 
 def test_hash():
     assert extract_answer("She pays 3 * 4 = 12.\n#### 1,234") == ("1,234", "hash")
-    assert extract_answer("#### 5\nmore\n#### 6\n") == ("6", "hash")
+    assert extract_answer("#### 5\nWait, I miscounted one.\n#### 6\n") == ("6", "hash")  # a corrected answer
+    assert extract_answer("#### 5\nmore\n#### 6\n") is None  # two different final answers, no correction
+    assert extract_answer("so the answer = 48 points, plus 18.\n#### 66") == ("66", "hash")  # a remark along the way
 
 
 def test_priority_and_methods():
-    text = "#### 5\nThe answer is 6.\n\\boxed{7}\nThe end 8."
+    # The last explicit statement (box, "answer is", ####) is the final answer; the methods say which
+    # kinds count. Corrections between them keep this from being two different final answers.
+    text = "#### 5\nWait, no. The answer is 6.\nOops, a mistake again: \\boxed{7}\nThe end 8."
     assert extract_answer(text) == ("7", "boxed")
     assert extract_answer(text, methods=("answer_is", "hash")) == ("6", "answer_is")
-    assert extract_answer(text, methods=("hash",)) == ("5", "hash")
+    assert extract_answer(text, methods=("hash",)) is None  # "#### 5", then "Wait, no. The answer is 6.": taken back
     assert extract_answer(text, methods=("last_number",)) == ("8", "last_number")
+    assert extract_answer("#### 5\nThe answer is 6.\n\\boxed{7}") is None  # three different answers
     with pytest.raises(ValueError, match="unknown extraction method"):
         extract_answer(text, methods=("boxed", "vibes"))
 
@@ -132,7 +137,8 @@ def test_hostile_sizes_extract_the_right_answer_or_none():
     mb = 1_000_000
     cases = {
         "x" * mb + " \\boxed{7}": ("7", "boxed"),
-        "\\boxed{1} " * 50 + "and \\boxed{2}": ("2", "boxed"),
+        "\\boxed{1} " * 50 + "and \\boxed{2}": None,  # boxes side by side with different values: ambiguous
+        "\\boxed{1} " * 50 + "\nWait, I miscounted. \\boxed{2}": ("2", "boxed"),
         "\\boxed{1}" * 50_000: ("1", "boxed"),
         "\\boxed{" + "{" * mb: None,
         "\\boxed" * (mb // 6): None,
@@ -149,8 +155,6 @@ def test_hostile_sizes_extract_the_right_answer_or_none():
 
 @pytest.mark.parametrize("text, expected", [
     ("2 + 2 = 4.\nThe answer is 4.\n\nThe answer is 4.", "2 + 2 = 4.\nThe answer is 4."),
-    ("3 + 5 = 8.\n\nThe answer is 8.\n\nHowever, it could be 9 marbles in this scenario",
-     "3 + 5 = 8.\n\nThe answer is 8."),
     ("So x = 3, hence \\boxed{3}. I hope this helps!", "So x = 3, hence \\boxed{3}."),
     ("48 + 18 = 66\n#### 66\nThanks for asking", "48 + 18 = 66\n#### 66"),
     ("The answer is 4. Wait, 2 * 3 = 6, so the answer is 6.\nGood luck!",
@@ -166,6 +170,7 @@ def test_trim_after_answer_cuts_the_chatter_after_the_final_answer(text, expecte
     "I do not know.",                       # no answer at all
     "The answer is \\boxed{",               # cut off inside the box: no answer
     "The answer is 7.",                     # nothing after it
+    "3 + 5 = 8.\n\nThe answer is 8.\n\nHowever, it could be 9 marbles in this scenario",  # taken back: no answer
 ])
 def test_trim_after_answer_leaves_texts_without_a_marked_answer_or_chatter_alone(text):
     assert trim_after_answer(text) == text

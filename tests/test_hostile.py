@@ -26,8 +26,15 @@ HOSTILE = {
     "fifty boxes": " ".join(f"\\boxed{{{i}}}" for i in range(50)),
     "sympy hang": SYMPY_HANG,
     "deep parentheses": "The answer is " + "(" * 5000 + "7" + ")" * 5000 + ".",
+    # precision: a final answer taken back, two answers, an answer only in code, a number broken up
+    "taken back": "The answer is 7. " + "Hmm, wait, it is 8. " * 5_000,
+    "seven or eight": "\\boxed{7} or \\boxed{8} " * 5_000,
+    "code only": "```\n" + "The answer is 7.\n" * 10_000 + "```",
+    "zero-width": "The answer is 7\u200b" * 5_000 + "7.",
+    "nested boxes": "\\boxed{" * 100_000 + "7" + "}" * 100_000,
 }
-NEVER_CORRECT = {"power tower", "nested fractions", "invalid UTF-8", "fifty boxes", "sympy hang"}
+NEVER_CORRECT = {"power tower", "nested fractions", "invalid UTF-8", "fifty boxes", "sympy hang",
+                 "taken back", "seven or eight", "code only", "zero-width"}
 GOOD = "Adding them up gives 7.\nThe answer is 7."
 PROBLEM = {"question": "Which is seven?", "answer": "7", "metadata": {"options": ["7", "8"]}}
 TIMEOUT_S = 1.5
@@ -84,7 +91,9 @@ def test_text_verifiers_are_quick_on_hostile_outputs(spec, params):
             v = verifier.parse_judgement(text)
         else:
             v = verifier.verify(PROBLEM, sample)
-        assert time.monotonic() - started < 0.5, (spec, name)
+        # a bound against runaway (super-linear) parsing, which takes minutes; how fast each
+        # item is, is measured by `make bench BENCH=verify` (verify_hostile_max_item_s)
+        assert time.monotonic() - started < 5.0, (spec, name)
         assert v.status in STATUSES and v.reason
         if name in NEVER_CORRECT:
             assert v.status != "correct", (spec, name, v)
@@ -146,12 +155,13 @@ def test_code_in_the_pool_hostile_solutions_and_a_killed_worker_leave_nothing_be
         "flood": "while True: print('x' * 10000)",
     }
     jobs = [(problem, [{"text": f"```python\n{code}\n```"}]) for code in solutions.values()]
-    # the pool's limit is shorter than the code verifier's own: workers get killed mid-sandbox
-    with VerifyPool("code", {"timeout_s": 6.0, "test_timeout_s": 5.0}, workers=2, timeout_s=1.5) as pool:
+    # the code verifier's own limit just under the pool's (a longer one is refused: see
+    # test_sandbox_limits.py, where a worker is killed mid-sandbox): whichever limit ends a run,
+    # it ends it whole
+    with VerifyPool("code", {"timeout_s": 1.4, "test_timeout_s": 1.0}, workers=2, timeout_s=1.5) as pool:
         verdicts = dict(zip(solutions, (v[0] for v in pool.verify(jobs))))
     assert verdicts["good"].status == "correct"
-    for name in ("fork bomb", "outlives the pool"):
-        assert verdicts[name].status == "timeout", (name, verdicts[name])
-    assert verdicts["flood"].status == "wrong" and "exit code" in verdicts["flood"].reason, verdicts["flood"]
+    for name in ("fork bomb", "outlives the pool", "flood"):
+        assert verdicts[name].status in ("wrong", "timeout"), (name, verdicts[name])
     time.sleep(0.5)
     assert survivors(marker) == []

@@ -116,7 +116,7 @@ def test_hostile_outputs_through_math():
         ("y" * 1_000_000, "no_answer"),
         ("a\x00b\x00 \\boxed{7}", "correct"),
         ("\ud800 lone surrogate \\boxed{\udfff}", "wrong"),
-        (" ".join(f"\\boxed{{{i}}}" for i in range(50)), "wrong"),
+        (" ".join(f"\\boxed{{{i}}}" for i in range(50)), "no_answer"),  # fifty different final answers: ambiguous
         ("The answer is " + "9" * 10_000, "wrong"),
         ("\\boxed{7}", "correct"),
     ]
@@ -127,7 +127,7 @@ def test_hostile_outputs_through_math():
     for (text, status), v in zip(cases, results):
         assert v.status == status and v.reason, (text[:40], v)
         (v.reason + (v.extracted or "")).encode("utf-8")  # storable as Parquet strings
-    assert results[6].extracted == "49"
+    assert "two different final answers '48' and '49'" in results[6].reason
 
 
 def test_pool_from_a_thread():

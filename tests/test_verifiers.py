@@ -65,7 +65,7 @@ def test_fingerprint_has_effective_params():
     fp = get_verifier("numeric", {"rel_tol": 1e-4}).fingerprint()
     assert fp == {
         "name": "numeric",
-        "version": "1",
+        "version": "2",
         "params": {"methods": ["boxed", "answer_is", "hash", "last_number"], "rel_tol": 1e-4, "allow_leading_zeros": True},
     }
     assert json.loads(json.dumps(fp)) == fp

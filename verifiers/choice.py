@@ -19,7 +19,7 @@ import string
 
 from verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
 from verifiers.exact import check_choice, normalize_text
-from verifiers.extract import check_methods, final_answer
+from verifiers.extract import NO_ANSWER, check_methods, find_final_answer, refusal_reason
 
 OPTION_KEYS = ("options", "choices")
 MATCH = ("letter", "text", "both")
@@ -66,7 +66,7 @@ def options_of(metadata: dict, key: str = "auto") -> dict[str, str]:
 
 @register("choice")
 class ChoiceVerifier(Verifier):
-    version = "1"
+    version = "2"
     defaults = {
         "match": "both",
         "options_key": "auto",
@@ -146,14 +146,16 @@ class ChoiceVerifier(Verifier):
             gold_label = self.gold_label(gold, options)
         except ValueError as e:
             return Verdict("error", 0.0, None, str(e))
-        found = final_answer(sample, self._params["methods"])
-        if found is None:
+        found = find_final_answer(sample, self._params["methods"])
+        if found.answer is None and found.reason != NO_ANSWER:
+            return Verdict("no_answer", 0.0, None, refusal_reason(found))  # ambiguous or taken back
+        answer, method = found.answer, found.method
+        if answer is None:  # no statement at all: a last line that is just a label
             last = (sample.get("text") or "").rstrip().rsplit("\n", 1)[-1][-40:]
             m = _LAST_LINE_LABEL.match(last.strip())
-            found = (m.group(1), "last line") if m else None
-        if found is None:
-            return Verdict("no_answer", 0.0, None, "no final answer found")
-        answer, method = found
+            if m is None:
+                return Verdict("no_answer", 0.0, None, NO_ANSWER)
+            answer, method = m.group(1), "last line"
         if len(answer) > MAX_ANSWER_CHARS:
             return Verdict("wrong", 0.0, answer[:MAX_ANSWER_CHARS], f"{method} answer is too long ({len(answer)} characters)")
         label, how = self.read_answer(answer, options)

@@ -12,7 +12,7 @@ import re
 import unicodedata
 
 from verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
-from verifiers.extract import check_methods, final_answer
+from verifiers.extract import check_methods, find_final_answer, refusal_reason
 
 WHITESPACE = ("keep", "collapse", "remove")
 PUNCTUATION = ("keep", "strip", "remove")  # strip: only at both ends
@@ -52,7 +52,7 @@ def check_choice(verifier: str, name: str, value, allowed: tuple) -> None:
 
 @register("exact")
 class ExactVerifier(Verifier):
-    version = "1"
+    version = "2"
     defaults = {
         "methods": ["boxed", "answer_is", "hash"],
         "case_sensitive": False,
@@ -85,13 +85,13 @@ class ExactVerifier(Verifier):
         return [g for g in golds if g.strip()]
 
     def verify(self, problem: dict, sample: dict) -> Verdict:
-        found = final_answer(sample, self._params["methods"])
+        found = find_final_answer(sample, self._params["methods"])
         golds = self.golds(problem)
         if not golds:
-            return Verdict("error", 0.0, found[0][:MAX_ANSWER_CHARS] if found else None, "problem has no gold answer")
-        if found is None:
-            return Verdict("no_answer", 0.0, None, "no final answer found")
-        answer, method = found
+            return Verdict("error", 0.0, found.answer[:MAX_ANSWER_CHARS] if found.answer else None, "problem has no gold answer")
+        if found.answer is None:
+            return Verdict("no_answer", 0.0, None, refusal_reason(found))
+        answer, method = found.answer, found.method
         if len(answer) > MAX_ANSWER_CHARS:
             return Verdict("wrong", 0.0, answer[:MAX_ANSWER_CHARS], f"{method} answer is too long ({len(answer)} characters)")
         normalized = self.normalize(answer)

@@ -13,7 +13,14 @@ workers, and the pool enforces the hard limit). Guards against its known false p
   for a value only when its left side is a lone variable (x = 5, not (x+y)^2 = 81);
 - when Math-Verify cannot parse an answer it falls back to a text fragment (for \\sin^2t just
   "\\sin^2"); the whole normalised texts are compared instead. A gold answer it cannot parse
-  is an error.
+  is an error;
+- a scale word after a number ("2\\text{ million}", "5 squared") is applied when the answer is a
+  plain number and refused otherwise, never dropped as a unit.
+
+An answer given as a sentence ("Therefore $x \\geq 5$ is the solution.") is compared by the one
+formula of that sentence; units in \\text, \\textnormal, \\mbox or \\mathrm are dropped. By
+default the final answer may also be the formula of the concluding sentence (method
+"last_math", before "last_number").
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig, LatexNormal
 from sympy import Basic, Eq, Expr, MatrixBase
 
 from verifiers.base import Verdict, clip, register
+from verifiers.extract import sentence_math, value_key
 from verifiers.numeric import NumberTooLong, NumericVerifier, numbers_equal, parse_number
 
 MAX_FACTORIAL = 1000  # n! above this is compared as text, never computed
@@ -40,13 +48,21 @@ _EXPONENT_BRACE = re.compile(r"\^\s*\{")
 _EXPONENT_NUMBER = re.compile(r"\^\s*\{?\s*(\d+)")
 _DOLLARS = re.compile(r"\\?\$")
 _OUTER_DELIMITERS = re.compile(r"^\\[(\[](.*)\\[)\]]$", re.S)
-_SENTENCE_PERIOD = re.compile(r"(?<![.\\])\.\s*$")
+_SENTENCE_PERIOD = re.compile(r"(?<![.\\])[.,]\s*$")  # sentence punctuation written inside the math
 # \sin t, \cos^2 \theta: a function applied to one letter without parentheses.
 _GREEK = "alpha|beta|gamma|delta|epsilon|varepsilon|zeta|eta|theta|vartheta|kappa|lambda|mu|nu|xi|pi|rho|sigma|tau|phi|varphi|chi|psi|omega"
 _BARE_FUNCTION = re.compile(
     rf"\\(sin|cos|tan|sec|csc|cot|sinh|cosh|tanh|log|ln)(\s*\^\s*(?:\{{[^{{}}]*\}}|\d))?\s*(\\(?:{_GREEK})|[A-Za-z])(?![A-Za-z(])"
 )
-_TRAILING_TEXT_UNIT = re.compile(r"(?<=\S)\s*\\(?:text|mbox)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\s*\^\s*\{?\d\}?)?$")
+# A unit: \text{ cm}, \mbox{ miles}; in \mathrm / \textnormal two letters at least (\mathrm{e}, \mathrm{i} are numbers).
+_TRAILING_TEXT_UNIT = re.compile(
+    r"(?<=\S)(?:\s|\\[,;:! ]|~)*(?:\\(?:text|textrm|mbox)\s*\{\s*~?\s*[A-Za-z]|"
+    r"\\(?:textnormal|mathrm)\s*\{\s*~?\s*[A-Za-z][A-Za-z])[A-Za-z .]*\}(?:\s*\^\s*\{?\d\}?)?$")
+_SCALE_WORD = re.compile(r"(?:\d|\})\s*(?:\\(?:text|textnormal|textrm|mbox|mathrm)\s*\{\s*|\s)"
+                         r"((?:dozen|hundred|thousand|million|billion|trillion)s?|squared|cubed)\b", re.I)
+_MATH_DELIMITED = re.compile(r"\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|(?<![\\$])\$(?:\\.|[^$\\])+?\$", re.S)
+_PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
+_COPULA = re.compile(r"\b(?:is|are|equals)\b|(?<![!<>=\\])=(?!=)")
 _CANON_DROP = re.compile(r"\s+|\\left|\\right|\\[!,;: ]|~|\\?\$")
 _CANON_SINGLE_BRACE = re.compile(r"([\^_])\{(\w)\}")
 
@@ -159,17 +175,45 @@ def _fraction(x) -> Fraction:
     return Fraction(int(x.p), int(x.q)) if x.is_Rational else Fraction(str(x))
 
 
+def formula_of_sentence(answer: str) -> str:
+    """An answer written as a sentence ("Therefore $x \\geq 5$ is the solution.") as the one formula
+    of its concluding sentence; other answers unchanged. A sentence whose formula cannot be told
+    (several in it) stays a sentence, and so matches nothing."""
+    spans = list(_MATH_DELIMITED.finditer(answer))
+    if not spans or not _PROSE.search(_MATH_DELIMITED.sub(" ", answer)):
+        return answer
+    prose = _MATH_DELIMITED.sub(lambda m: "\0" * len(m.group()), answer)  # the copula must be in the words
+    last_is = None
+    for last_is in _COPULA.finditer(prose):
+        pass
+    if last_is is not None:  # "The largest $n$ is 34.": what the sentence says it is
+        rest = answer[last_is.end() :].strip().rstrip(".").strip()
+        if rest and value_key(rest) is not None:
+            return rest
+    return sentence_math(answer) or answer
+
+
 @register("math")
 class MathVerifier(NumericVerifier):
-    version = "1"
+    version = "2"
+    defaults = {**NumericVerifier.defaults, "methods": ["boxed", "answer_is", "hash", "last_math", "last_number"]}
+
+    def same_answer(self, first: str, second: str) -> bool:
+        """Two statements of one output name the same value ("\\frac{3+2\\sqrt{3}}{3}" and
+        "1+\\frac{2\\sqrt{3}}{3}"): then they are not two different final answers."""
+        return self.compare(first, second).status == "correct"
 
     def compare(self, gold: str, answer: str, label: str = "answer") -> Verdict:
         try:
-            both_numbers = parse_number(gold) is not None and parse_number(answer, self._params["allow_leading_zeros"]) is not None
+            both_numbers = (parse_number(gold) is not None
+                            and parse_number(answer, self._params["allow_leading_zeros"], decimal_comma=True) is not None)
         except NumberTooLong:
             both_numbers = False
         if both_numbers:
             return super().compare(gold, answer, label)
+        formula, gold_formula = formula_of_sentence(answer), formula_of_sentence(gold)
+        if (formula, gold_formula) != (answer, gold):
+            return self.compare(gold_formula, formula, label)
 
         def verdict(ok: bool, how: str) -> Verdict:
             if ok:
@@ -180,10 +224,14 @@ class MathVerifier(NumericVerifier):
             return verdict(False, "answer has ±, gold does not")
         if _JUXTAPOSED.search(answer):
             return Verdict("wrong", 0.0, answer, f"{label} {clip(answer)} is ambiguous: numbers separated only by a space")
+        if (scale := _SCALE_WORD.search(answer)) and not _SCALE_WORD.search(gold):
+            return verdict(False, f"scale word {scale[1]!r} after a number: its value is not the number's")
         risk = too_big_to_evaluate(answer) or too_big_to_evaluate(gold)
         if risk:
             return verdict(canonical_text(answer) == canonical_text(gold), f"{risk}: compared as text")
+        return self._math_verify(gold, answer, verdict)
 
+    def _math_verify(self, gold: str, answer: str, verdict) -> Verdict:
         parsed_gold = parse(_latex(gold), _EXTRACTION, parsing_timeout=None)
         if not _has_expression(parsed_gold):
             return Verdict("error", 0.0, answer, f"gold answer could not be parsed: {clip(gold)}")

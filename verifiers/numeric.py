@@ -6,8 +6,11 @@ parsed exactly as an integer, decimal, fraction (3/4, \\frac{3}{4}, \\dfrac34) o
 (918\\frac{1}{2}). If either side is an integer the two must be exactly equal (so 5.001 != 5
 and 999999.9 != 1000000); two non-integers may differ by `rel_tol` relative to the larger, for
 gold answers like 0.333333 against 1/3. Trailing words are dropped only if none of them
-changes the value ("5 million", "2 pi", "3 and 4" are not numbers), so units never turn a
-different answer into a match.
+changes the value ("2 pi", "3 and 4" are not numbers), so units never turn a different answer
+into a match. A scale word right after the number is applied, never dropped: "3 dozen" is 36,
+"2 \\text{ million}" 2000000, "5 squared" 25. An answer (not a gold answer) may use a decimal
+comma where that cannot be a thousands separator: "1,5", "0,111", "1000,99" (but "1,500" is
+1500). A digit next to an invisible, combining or control character is not a number.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ import re
 from fractions import Fraction
 
 from verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
-from verifiers.extract import METHODS, check_methods, final_answer
+from verifiers.extract import METHODS, SCALE_WORDS, check_methods, find_final_answer, number_flaw, refusal_reason
 
 MAX_DIGITS = 100  # a longer number is hostile or absurd: wrong, never computed
 
-_NUM = r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[+-]?\.\d+"
+_NUM = r"[+-]?(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d*)?|[+-]?\.\d+"  # "0,111" is no thousands grouping
 _FRAC_ARG = rf"\{{\s*(?:{_NUM})\s*\}}|\d"
 _VALUE = re.compile(
     rf"(?P<sign>[+-]?)\s*(?P<whole>\d+\s*)?\\frac\s*(?P<num>{_FRAC_ARG})\s*(?P<den>{_FRAC_ARG})"
@@ -37,9 +40,13 @@ _VALUE_WORDS = frozenset(
     "trillion trillions dozen dozens half halves third thirds quarter quarters fourth fourths "
     "fifth fifths tenth tenths hundredth hundredths thousandth thousandths".split()
 )
-_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+# Scale words right after the number: applied to its value ("2 hundred thousand" is 200000).
+_SCALE = re.compile(r"\s+((?:dozen|hundred|thousand|million|billion|trillion)s?|squared|cubed)\b", re.I)
+_DECIMAL_COMMA = re.compile(r"([+-]?\d+),(\d+)(?![\d,.])")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textnormal|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SPACE_COMMANDS = re.compile(r"\\[ ;:]|~|\\q?quad")
 _THIN_SPACE_THOUSANDS = re.compile(r"(?<=\d)\\,(?=\d{3}(?!\d))")
+_SPACE_THOUSANDS = re.compile(r"(?<![\d.,])([1-9]\d{0,2})((?: \d{3})+)(?![\d.,/])")  # SI style: 1 000 000
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree|°")
 _DELIMITERS = re.compile(r"\\\$|\$|\\[()\[\]]|\\%|%")
 _BOX = re.compile(r"^\\(?:boxed|fbox)\s*\{(.*)\}$", re.S)
@@ -56,6 +63,7 @@ def normalize(text: str) -> str:
         s = m.group(1).strip()
     s = s.replace("−", "-").replace("{,}", ",").replace("\\!", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = _THIN_SPACE_THOUSANDS.sub(",", s)
+    s = _SPACE_THOUSANDS.sub(lambda m: m[1] + m[2].replace(" ", ","), s)
     s = _TEXT_WRAPPER.sub(r" \1 ", s)
     s = _DEGREES.sub(" ", s)
     s = _DELIMITERS.sub(" ", s)
@@ -74,23 +82,41 @@ def _fraction(token: str, allow_leading_zeros: bool) -> Fraction | None:
     return Fraction(token)
 
 
-def parse_number(text: str, allow_leading_zeros: bool = True) -> Fraction | None:
+def parse_number(text: str, allow_leading_zeros: bool = True, decimal_comma: bool = False) -> Fraction | None:
     """The exact value of a numeric answer, or None if it is not a plain number.
 
     Raises NumberTooLong for more than MAX_DIGITS digits, before computing anything.
+    `decimal_comma`: read "1,5" as 1.5 where the comma cannot separate thousands (answers only:
+    a gold answer "1,5" may be a list).
     """
     if len(text) > MAX_ANSWER_CHARS:
         raise NumberTooLong(f"answer has {len(text)} characters")
     s = normalize(text)
     if sum(c.isdigit() for c in s) > MAX_DIGITS:
         raise NumberTooLong(f"more than {MAX_DIGITS} digits")
+    if number_flaw(s):
+        return None
+    if decimal_comma and (d := _DECIMAL_COMMA.match(s)) and (len(d[2]) != 3 or d[1].lstrip("+-") == "0"):
+        s = f"{d[1]}.{d[2]}{s[d.end():]}"
     m = _VALUE.match(s)
     if m is None:
         return None
-    rest = s[m.end() :].rstrip()
+    rest, scales = s[m.end() :], []
+    while (scale := _SCALE.match(rest)) is not None and len(scales) < 3:
+        scales.append(scale[1].lower().rstrip("s") if scale[1].lower() not in ("squared", "cubed") else scale[1].lower())
+        rest = rest[scale.end() :]
+    rest = rest.rstrip()
     if rest:
         if _WORDS.fullmatch(rest) is None or any(w.lower() in _VALUE_WORDS for w in re.findall(r"[A-Za-z]+", rest)):
             return None
+    value = _value(m, allow_leading_zeros)
+    for word in scales:
+        if value is not None:
+            value = value ** SCALE_WORDS[word] if word in ("squared", "cubed") else value * SCALE_WORDS[word]
+    return value
+
+
+def _value(m: re.Match, allow_leading_zeros: bool) -> Fraction | None:
     if m.group("a") is not None:
         value = _fraction(m.group("a"), allow_leading_zeros)
         if m.group("b") is not None:
@@ -133,7 +159,7 @@ def _show(value: Fraction) -> str:
 
 @register("numeric")
 class NumericVerifier(Verifier):
-    version = "1"
+    version = "2"
     defaults = {"methods": list(METHODS), "rel_tol": 1e-6, "allow_leading_zeros": True}
 
     def __init__(self, **params):
@@ -147,18 +173,20 @@ class NumericVerifier(Verifier):
             raise ValueError(f"verifier {self.name!r}: allow_leading_zeros must be true or false")
 
     def verify(self, problem: dict, sample: dict) -> Verdict:
-        found = final_answer(sample, self._params["methods"])
-        extracted = found[0][:MAX_ANSWER_CHARS] if found else None
+        found = find_final_answer(sample, self._params["methods"], self.same_answer)
+        extracted = found.answer[:MAX_ANSWER_CHARS] if found.answer is not None else None
         gold = problem.get("answer")
         gold = "" if gold is None else str(gold).strip()
         if not gold:
             return Verdict("error", 0.0, extracted, "problem has no gold answer")
-        if found is None:
-            return Verdict("no_answer", 0.0, None, "no final answer found")
-        answer, method = found
+        if found.answer is None:
+            return Verdict("no_answer", 0.0, None, refusal_reason(found))
+        answer, method = found.answer, found.method
         if len(answer) > MAX_ANSWER_CHARS:
             return Verdict("wrong", 0.0, extracted, f"{method} answer is too long ({len(answer)} characters)")
         return self.compare(gold, answer, f"{method} answer")
+
+    same_answer = None  # how extraction tells two formula answers apart (None: by their text)
 
     def compare(self, gold: str, answer: str, label: str = "answer") -> Verdict:
         """Verdict for an already extracted answer against the gold answer."""
@@ -166,7 +194,7 @@ class NumericVerifier(Verifier):
         if g is None:
             return Verdict("error", 0.0, answer, f"gold answer is not numeric: {clip(gold)}")
         try:
-            a = parse_number(answer, self._params["allow_leading_zeros"])
+            a = parse_number(answer, self._params["allow_leading_zeros"], decimal_comma=True)
         except NumberTooLong as e:
             return Verdict("wrong", 0.0, answer, f"{label} is not a usable number: {e}")
         if a is None:

@@ -12,12 +12,12 @@ import re
 
 from verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
 from verifiers.exact import check_choice
-from verifiers.extract import check_methods, clean_text, final_answer
+from verifiers.extract import check_methods, clean_text, find_final_answer, refusal_reason
 
 
 @register("regex")
 class RegexVerifier(Verifier):
-    version = "1"
+    version = "2"
     defaults = {
         "pattern": None,  # required; "{gold}" is replaced by the escaped gold answer
         "target": "answer",  # "answer": the extracted final answer; "output": the whole output
@@ -59,10 +59,10 @@ class RegexVerifier(Verifier):
                 return Verdict("no_answer", 0.0, None, "empty output")
             label, extracted = "output", None
         else:
-            found = final_answer(sample, p["methods"])
-            if found is None:
-                return Verdict("no_answer", 0.0, None, "no final answer found")
-            text, method = found
+            found = find_final_answer(sample, p["methods"])
+            if found.answer is None:
+                return Verdict("no_answer", 0.0, None, refusal_reason(found))
+            text, method = found.answer, found.method
             if len(text) > MAX_ANSWER_CHARS:
                 return Verdict("wrong", 0.0, text[:MAX_ANSWER_CHARS], f"{method} answer is too long ({len(text)} characters)")
             label, extracted = f"{method} answer {clip(text)!r}", text
