@@ -72,7 +72,7 @@ def shard_table(pool: pa.Array, shard: int, problems: int) -> pa.Table:
     offsets[1:] = np.cumsum([len(r) for r in ids])
     flat = pool.take(pa.array(np.fromiter((x for r in ids for x in r), np.int64, count=int(offsets[-1]))))
     texts = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), flat), " ")
-    from pipeline import schema
+    from selfimprove.pipeline import schema
 
     n = len(ids)
     columns = {"problem_id": pa.array(pids), "sample_idx": pa.array(idx, pa.int32()),
@@ -84,7 +84,7 @@ def shard_table(pool: pa.Array, shard: int, problems: int) -> pa.Table:
 
 def write_verified(run_dir: Path, pool: pa.Array, shards: int) -> float:
     """Write the verify stage's shards one at a time (this process stays small); mean words per row."""
-    from pipeline.store import StageWriter, part_name
+    from selfimprove.pipeline.store import StageWriter, part_name
 
     words = []
     with StageWriter(run_dir / "iter-1" / "verified", "verify", {"bench": shards}, "bench") as w:
@@ -113,8 +113,8 @@ def peak_mb():
 
 OURS = """
 import json, resource, sys, time
-from pipeline.config import load_config
-from pipeline.stages import dedup
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.stages import dedup
 cfg = load_config(None, [f"run.dir={sys.argv[1]}", "dedup.max_per_problem=200", "dedup.paths=false",
       "dedup.near_dup.threshold=0.8", "dedup.near_dup.ngram=%d", "dedup.near_dup.num_perm=%d", "dedup.near_dup.bands=%d"])
 t = time.perf_counter()

@@ -24,7 +24,7 @@ import pyarrow as pa
 import yaml
 
 from benchmarks.outputs import gsm8k_rows, output_text, scale
-from pipeline.stages import STAGES as ALL_STAGES
+from selfimprove.pipeline.stages import STAGES as ALL_STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (10_000, 100_000, 1_000_000)  # samples
@@ -48,10 +48,10 @@ def write_problems(path: Path, problems: int) -> None:
 
 def write_samples(config: Path) -> int:
     """The samples stage directory, written as the sample stage would, without an engine."""
-    from pipeline import schema
-    from pipeline.config import load_config
-    from pipeline.stages import open_writer, reader
-    from pipeline.tasks import get_task, render_prompt
+    from selfimprove.pipeline import schema
+    from selfimprove.pipeline.config import load_config
+    from selfimprove.pipeline.stages import open_writer, reader
+    from selfimprove.pipeline.tasks import get_task, render_prompt
 
     cfg = load_config(config)
     task = get_task(cfg.task)
@@ -151,8 +151,8 @@ def run() -> dict[str, float]:
 
 def shard_commit_ms(count: int = 20) -> float:
     """Median time to commit a small shard: the fixed cost every shard pays in every stage."""
-    from pipeline import schema
-    from pipeline.store import StageWriter
+    from selfimprove.pipeline import schema
+    from selfimprove.pipeline.store import StageWriter
 
     with tempfile.TemporaryDirectory(prefix="bench-commit-") as tmp:
         with StageWriter(Path(tmp), "bench", {"bench": 1}, "x") as writer:
@@ -167,8 +167,8 @@ def shard_commit_ms(count: int = 20) -> float:
 
 
 def _child(stage: str, config: str) -> None:
-    from pipeline.config import load_config
-    from pipeline.stages import run_stage
+    from selfimprove.pipeline.config import load_config
+    from selfimprove.pipeline.stages import run_stage
 
     cfg = load_config(config)
     started = time.perf_counter()

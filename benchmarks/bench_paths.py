@@ -25,8 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import load_config
-from pipeline.stages import reader, run_stage
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.stages import reader, run_stage
 
 PROBLEMS, N, MAX_TOKENS = 16, 4, 64
 

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from benchmarks.outputs import scale
-from pipeline.config import Config, load_config
-from pipeline.engines.vllm import VLLMEngine, llm_kwargs
+from selfimprove.pipeline.config import Config, load_config
+from selfimprove.pipeline.engines.vllm import VLLMEngine, llm_kwargs
 
 MODEL = os.environ.get("BENCH_MODEL", "data/models/smollm2-135m-instruct")
 # Sized to keep `make bench` within its 30 minutes on 2 CPU cores (~100 tokens/s here): two shards of the default 32
@@ -63,8 +63,8 @@ def _bare_inputs(engine: VLLMEngine, cfg: Config, n: int = N):
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from pipeline.stages import reader
-    from pipeline.tasks import get_task, render_prompt
+    from selfimprove.pipeline.stages import reader
+    from selfimprove.pipeline.tasks import get_task, render_prompt
 
     task = get_task(cfg.task)
     questions = reader(cfg, 1, "prepare").read_all(columns=["question"])["question"].to_pylist()
@@ -89,7 +89,7 @@ def _generate(llm, prompts, params) -> tuple[int, float]:
 def _stage(tmp: Path, base: Path, round_: int) -> tuple[int, float]:
     """(output tokens, seconds) of one sample stage run, on a fresh copy of the problems in a run
     directory of its own (iteration 1: a later iteration would sample from a trained model)."""
-    from pipeline.stages import sample
+    from selfimprove.pipeline.stages import sample
 
     cfg = _config(tmp / f"stage-{round_}", f"{__name__}:SharedVLLMEngine")
     shutil.copytree(base / "iter-1" / "problems", Path(cfg.run_dir) / "iter-1" / "problems")
@@ -114,7 +114,7 @@ def _sharing(llm, prompts, n_params, single_params, rounds: int = 2) -> float:
 
 def run() -> dict[str, float]:
     global _shared
-    from pipeline.stages import prepare
+    from selfimprove.pipeline.stages import prepare
 
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-sample-") as tmp:

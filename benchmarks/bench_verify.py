@@ -16,8 +16,8 @@ from __future__ import annotations
 import time
 
 from benchmarks.outputs import gsm8k_jobs, scale
-from verifiers import VerifyPool, get_verifier
-from verifiers.pool import _cpu_count
+from selfimprove.verifiers import VerifyPool, get_verifier
+from selfimprove.verifiers.pool import _cpu_count
 
 ROUNDS = 3
 TIMEOUT_S = 5.0

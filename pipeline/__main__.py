@@ -1,4 +1,4 @@
-from pipeline.cli import main
+from selfimprove.pipeline.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

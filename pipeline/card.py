@@ -21,12 +21,12 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import __version__
-from pipeline.config import Config
-from pipeline.schema import EXPORT_CONFIGS, EXPORT_SPLITS
-from pipeline.tasks import gsm8k as gsm8k_task
-from pipeline.tasks import math as math_task
-from pipeline.tasks.sources import looks_like_hub_id
+from selfimprove.pipeline import __version__
+from selfimprove.pipeline.config import Config
+from selfimprove.pipeline.schema import EXPORT_CONFIGS, EXPORT_SPLITS
+from selfimprove.pipeline.tasks import gsm8k as gsm8k_task
+from selfimprove.pipeline.tasks import math as math_task
+from selfimprove.pipeline.tasks.sources import looks_like_hub_id
 
 CONFIG_FILE = "config.yaml"
 PROJECT_LICENSE = "apache-2.0"
@@ -194,7 +194,7 @@ def _columns(cfg: Config, stats: dict) -> str:
   {p.pairs_per_problem} per problem; rejected samples with verdict {statuses} (never `timeout` or
   `error`), picked `{p.pick}`; chosen rationales {reuse}.
 - `prompts`: one row per sampled problem: `prompt`, `problem_id`, `answer`, `verifier` and
-  `verifier_params` (`verifiers.get_verifier(verifier, json.loads(verifier_params))` judges a
+  `verifier_params` (`selfimprove.verifiers.get_verifier(verifier, json.loads(verifier_params))` judges a
   completion), `pass_rate` (`correct` / `samples` in this iteration's samples, hints excluded),
   `metadata` (the source's extra fields, JSON), `iteration`, `model`, `task`. `stats.json` holds
   the same pass rates."""

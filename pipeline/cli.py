@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_config
-from pipeline.stages import STAGES, InvariantError, reader, run_stage, stage_dir
-from pipeline.store import StoreError, run_lock
+from selfimprove.pipeline.config import ConfigError, load_config
+from selfimprove.pipeline.stages import STAGES, InvariantError, reader, run_stage, stage_dir
+from selfimprove.pipeline.store import StoreError, run_lock
 
 DATA_STAGES = STAGES[: STAGES.index("export") + 1]  # what `selfimprove run` does: the data, no training
 
@@ -66,7 +66,7 @@ def status(cfg, config_path: str | None, check: bool = False) -> int:
     a finished stage whose files differ from its manifest or journal is `damaged`, with why;
     returns how many are.
     """
-    from pipeline.stages.report import iterations
+    from selfimprove.pipeline.stages.report import iterations
 
     config_mtime = Path(config_path).stat().st_mtime if config_path else 0.0
     damaged = 0
@@ -98,7 +98,7 @@ def status(cfg, config_path: str | None, check: bool = False) -> int:
 
 def stage_problems(path: Path) -> list[str]:
     """Why a finished stage directory is not what it promises (audit, then every checksum)."""
-    from pipeline.store import StageReader, audit
+    from selfimprove.pipeline.store import StageReader, audit
 
     problems = audit(path)
     if problems:
@@ -114,8 +114,8 @@ def stage_problems(path: Path) -> list[str]:
 
 
 def verifiers_command(args) -> int:
-    from verifiers import available_verifiers
-    from verifiers.check import check, format_report, load_cases
+    from selfimprove.verifiers import available_verifiers
+    from selfimprove.verifiers.check import check, format_report, load_cases
 
     if args.verifiers_command == "list":
         for name, where in available_verifiers().items():
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "model":
-            from pipeline.model import ensure_default_model
+            from selfimprove.pipeline.model import ensure_default_model
 
             kwargs = {"target": args.target} if args.target else {}
             print(ensure_default_model(**kwargs))
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             damaged = status(cfg, args.config, check=args.check)
             return 1 if damaged else 0
         if args.command == "report":
-            from pipeline.stages.report import run as report
+            from selfimprove.pipeline.stages.report import run as report
 
             report(cfg)
             return 0
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             for stage in stages:
                 manifest = run_stage(stage, cfg, args.iteration, force=args.force)
         if stages[-1] == "export" and manifest is not None:
-            from pipeline.stages.export import print_funnel
+            from selfimprove.pipeline.stages.export import print_funnel
 
             print_funnel(manifest)
             print(f"\nexport: {stage_dir(cfg, args.iteration, 'export')}  ({time.time() - started:.0f} s)")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pipeline.config import Config
-from pipeline.engines import Request
-from pipeline.model import model_identity
-from pipeline.runs import check
-from pipeline.tasks import get_task, render_prompt
+from selfimprove.pipeline.config import Config
+from selfimprove.pipeline.engines import Request
+from selfimprove.pipeline.model import model_identity
+from selfimprove.pipeline.runs import check
+from selfimprove.pipeline.tasks import get_task, render_prompt
 
 
 def request_seed(run_seed: int, iteration: int, problem_id: str) -> int:

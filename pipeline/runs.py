@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipeline.config import Config
-from pipeline.model import model_identity
-from pipeline.store import SUCCESS, StageReader, StageWriter, StoreError
+from selfimprove.pipeline.config import Config
+from selfimprove.pipeline.model import model_identity
+from selfimprove.pipeline.store import SUCCESS, StageReader, StageWriter, StoreError
 
 STAGES = ["prepare", "sample", "verify", "rationalize", "dedup", "export", "train", "evaluate"]
 OUTPUT = {"prepare": "problems", "sample": "samples", "verify": "verified", "rationalize": "rationalized",

@@ -30,9 +30,9 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import __version__
-from pipeline.config import digest
-from pipeline.schema import REJECTS
+from selfimprove.pipeline import __version__
+from selfimprove.pipeline.config import digest
+from selfimprove.pipeline.schema import REJECTS
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"

@@ -11,15 +11,15 @@ import json
 
 import pyarrow as pa
 
-from pipeline import schema
-from pipeline.config import Config
-from pipeline.engines.base import SamplingParams
-from pipeline.runs import check
-from pipeline.tasks import get_task
-from verifiers import Verdict, Verifier, VerifyPool, get_verifier
-from verifiers.base import MAX_ANSWER_CHARS
-from verifiers.compose import Composite
-from verifiers.extract import final_answer
+from selfimprove.pipeline import schema
+from selfimprove.pipeline.config import Config
+from selfimprove.pipeline.engines.base import SamplingParams
+from selfimprove.pipeline.runs import check
+from selfimprove.pipeline.tasks import get_task
+from selfimprove.verifiers import Verdict, Verifier, VerifyPool, get_verifier
+from selfimprove.verifiers.base import MAX_ANSWER_CHARS
+from selfimprove.verifiers.compose import Composite
+from selfimprove.verifiers.extract import final_answer
 
 
 def verifier_spec(cfg: Config) -> str:
@@ -73,7 +73,7 @@ class JudgeStep:
                   if results[j][i] is None or self.composite.needs_engine(results[j][i])]
         if not wanted:
             return results
-        from pipeline.engines import Request, load_engine
+        from selfimprove.pipeline.engines import Request, load_engine
 
         if self.engine is None:
             self.engine = load_engine(self.cfg)

@@ -37,7 +37,7 @@ def fake_config(tmp_path):
 def selfimprove(*args, env=None, check=True, **kwargs) -> subprocess.CompletedProcess:
     """Run the CLI as a user would, in a subprocess, from the repo root."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT, env=full_env,
+    proc = subprocess.run([sys.executable, "-m", "selfimprove.pipeline", *map(str, args)], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"selfimprove {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -16,8 +16,8 @@ import hashlib
 import os
 import time
 
-from pipeline.engines import Completion, Engine, Request, Result
-from pipeline.tasks import get_task
+from selfimprove.pipeline.engines import Completion, Engine, Request, Result
+from selfimprove.pipeline.tasks import get_task
 
 
 class FakeEngine(Engine):

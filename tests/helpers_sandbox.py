@@ -2,8 +2,8 @@
 
 import tempfile
 
-from verifiers import Verdict, Verifier
-from verifiers.sandbox import Limits, Sandbox
+from selfimprove.verifiers import Verdict, Verifier
+from selfimprove.verifiers.sandbox import Limits, Sandbox
 
 # Leaves all it can behind, then waits: a process in a session of its own, files in the shared
 # writable directories (rlimits mode: the host's; bwrap: its own) and one in its work directory.

@@ -6,7 +6,7 @@ import os
 import resource
 import time
 
-from verifiers import Verdict, Verifier
+from selfimprove.verifiers import Verdict, Verifier
 
 
 class SleepyVerifier(Verifier):

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 
-from pipeline.engines import Completion, Result
+from selfimprove.pipeline.engines import Completion, Result
 from tests.fake_engine import FakeEngine
-from verifiers.extract import extract_answer
-from verifiers.numeric import parse_number
+from selfimprove.verifiers.extract import extract_answer
+from selfimprove.verifiers.numeric import parse_number
 
 _JUDGE = re.compile(r"Reference answer:\n(.*?)\n\nStudent's response:\n(.*)\n\nExplain briefly", re.S)
 

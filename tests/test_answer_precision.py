@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import selfimprove
-from verifiers import get_verifier
-from verifiers.extract import find_answer, mask_code, number_flaw
-from verifiers.numeric import parse_number
+from selfimprove.verifiers import get_verifier
+from selfimprove.verifiers.extract import find_answer, mask_code, number_flaw
+from selfimprove.verifiers.numeric import parse_number
 
 CASES = Path(__file__).parent / "cases" / "answer_precision.jsonl"
 ROWS = [json.loads(line) for line in CASES.read_text(encoding="utf-8").splitlines() if line.strip()]

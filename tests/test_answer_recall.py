@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHARED
-from verifiers import get_verifier
-from verifiers.extract import find_answer, sentence_math
-from verifiers.math import formula_of_sentence
-from verifiers.numeric import parse_number
+from selfimprove.verifiers import get_verifier
+from selfimprove.verifiers.extract import find_answer, sentence_math
+from selfimprove.verifiers.math import formula_of_sentence
+from selfimprove.verifiers.numeric import parse_number
 
 CASES = Path(__file__).parent / "cases" / "answer_recall.jsonl"
 ROWS = [json.loads(line) for line in CASES.read_text(encoding="utf-8").splitlines() if line.strip()]

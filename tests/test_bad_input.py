@@ -2,9 +2,9 @@
 
 import json
 
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.stages import reader
+from selfimprove.pipeline.cli import main
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.stages import reader
 
 
 def _broken_corpus(path):

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import selfimprove
-from verifiers import get_verifier
-from verifiers.sandbox import bwrap_problem
+from selfimprove.verifiers import get_verifier
+from selfimprove.verifiers.sandbox import bwrap_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 BWRAP = bwrap_problem()

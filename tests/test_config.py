@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from selfimprove.pipeline.config import ConfigError, load_config
 
 
 def test_defaults_and_overrides():

@@ -8,15 +8,15 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline import schema
-from pipeline.config import DedupConfig, load_config
-from pipeline.selection.contamination import EvalIndex, load_eval_set, load_index
-from pipeline.selection.minhash import MinHasher
-from pipeline.selection.normalise import keyed, normalise, text_hashes
-from pipeline.selection.paths import equations, path_key
-from pipeline.stages import dedup, stage_dir
-from pipeline.stages.dedup import Context, select_rows
-from pipeline.store import StageReader, StageWriter
+from selfimprove.pipeline import schema
+from selfimprove.pipeline.config import DedupConfig, load_config
+from selfimprove.pipeline.selection.contamination import EvalIndex, load_eval_set, load_index
+from selfimprove.pipeline.selection.minhash import MinHasher
+from selfimprove.pipeline.selection.normalise import keyed, normalise, text_hashes
+from selfimprove.pipeline.selection.paths import equations, path_key
+from selfimprove.pipeline.stages import dedup, stage_dir
+from selfimprove.pipeline.stages.dedup import Context, select_rows
+from selfimprove.pipeline.store import StageReader, StageWriter
 
 from tests.conftest import SHARED
 

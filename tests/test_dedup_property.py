@@ -6,10 +6,10 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import schema
-from pipeline.config import DedupConfig
-from pipeline.selection import balance
-from pipeline.stages.dedup import RULES, Context, select_rows
+from selfimprove.pipeline import schema
+from selfimprove.pipeline.config import DedupConfig
+from selfimprove.pipeline.selection import balance
+from selfimprove.pipeline.stages.dedup import RULES, Context, select_rows
 
 # Few distinct texts, so exact duplicates, shared paths and near-duplicates all happen.
 TEXTS = [

@@ -3,9 +3,9 @@
 import json
 from collections import Counter
 
-from pipeline import schema
-from pipeline.config import DedupConfig
-from pipeline.selection.rules import STEPS, select_rows
+from selfimprove.pipeline import schema
+from selfimprove.pipeline.config import DedupConfig
+from selfimprove.pipeline.selection.rules import STEPS, select_rows
 
 
 def rows(problems):

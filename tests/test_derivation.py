@@ -2,7 +2,7 @@
 
 import pytest
 
-from verifiers import get_verifier
+from selfimprove.verifiers import get_verifier
 
 PROBLEM = {"question": "Lily has 3 books. Now she has 5 times as many. How many books?", "answer": "15"}
 

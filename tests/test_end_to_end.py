@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.stages import reader, stage_dir
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.stages import reader, stage_dir
 from tests.conftest import SHARED, selfimprove, write_config
 
 pytestmark = pytest.mark.engine

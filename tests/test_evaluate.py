@@ -5,12 +5,12 @@ import math
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.config import DEFAULT_MODEL_DIR, load_config
-from pipeline.stages import reader, stage_dir
-from pipeline.engines import Request, SamplingParams
-from pipeline.stages.evaluate import heldout_task, pass_at_k
-from pipeline.tasks import get_task, render_prompt
+from selfimprove.pipeline.cli import main
+from selfimprove.pipeline.config import DEFAULT_MODEL_DIR, load_config
+from selfimprove.pipeline.stages import reader, stage_dir
+from selfimprove.pipeline.engines import Request, SamplingParams
+from selfimprove.pipeline.stages.evaluate import heldout_task, pass_at_k
+from selfimprove.pipeline.tasks import get_task, render_prompt
 from tests.fake_engine import FakeEngine
 from tests.conftest import ROOT, selfimprove, write_config
 

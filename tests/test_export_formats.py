@@ -17,12 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline import card, schema
-from pipeline.cli import main
-from pipeline.config import DEFAULT_MODEL_DIR, ConfigError, load_config
-from pipeline.model import resolve_model_path
-from pipeline.stages import export, reader, stage_dir
-from pipeline.stages.train import tokenize_example
+from selfimprove.pipeline import card, schema
+from selfimprove.pipeline.cli import main
+from selfimprove.pipeline.config import DEFAULT_MODEL_DIR, ConfigError, load_config
+from selfimprove.pipeline.model import resolve_model_path
+from selfimprove.pipeline.stages import export, reader, stage_dir
+from selfimprove.pipeline.stages.train import tokenize_example
 from tests.conftest import FAKE, ROOT, write_config
 
 BASE = str(ROOT / DEFAULT_MODEL_DIR)
@@ -197,7 +197,7 @@ def test_pairs_prompts_and_splits_follow_the_rules(run):
     prompts = _rows(run, "prompts")
     assert sorted(p["problem_id"] for p in prompts) == sorted(stats["pass_rates"]) and len(prompts) == 20
     verifier = reader(cfg, 1, "verify").manifest["fingerprint_parts"]["verifier"]
-    from verifiers import get_verifier
+    from selfimprove.verifiers import get_verifier
 
     for p in prompts:
         samples = [v for v in verified.values() if v["problem_id"] == p["problem_id"]]

@@ -5,9 +5,9 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.stages import export, reader, stage_dir
+from selfimprove.pipeline.cli import main
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.stages import export, reader, stage_dir
 from tests.fake_engine import FakeEngine
 
 

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from tests.conftest import SHARED
-from verifiers import extract_answer
-from verifiers.extract import final_answer, trim_after_answer
+from selfimprove.verifiers import extract_answer
+from selfimprove.verifiers.extract import final_answer, trim_after_answer
 
 
 @pytest.mark.parametrize(

@@ -27,11 +27,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import schema, store
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.engines import Result
-from pipeline.stages import OUTPUT, STAGES, reader
+from selfimprove.pipeline import schema, store
+from selfimprove.pipeline.cli import main
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.engines import Result
+from selfimprove.pipeline.stages import OUTPUT, STAGES, reader
 from tests.conftest import FAKE, ROOT, write_config
 from tests.fake_engine import FakeEngine
 
@@ -68,7 +68,7 @@ def run_cli(*args) -> int:
 def spawn(config: Path, *args, env: dict | None = None) -> subprocess.Popen:
     """`selfimprove run` (or another command) in its own process group, as a shell would start it."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *(args or ("run",)), "--config", str(config)], cwd=ROOT,
+        [sys.executable, "-m", "selfimprove.pipeline", *(args or ("run",)), "--config", str(config)], cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
@@ -495,8 +495,8 @@ def _drop_one_kept_row(real_select_rows):
 ])
 def test_broken_row_count_invariant_stops_the_stage(reference, tmp_path, capsys, monkeypatch, stage, fault, message):
     """A bug that loses rows stops its stage with the invariant it broke; nothing is marked _SUCCESS."""
-    from pipeline.stages import dedup
-    from verifiers import VerifyPool
+    from selfimprove.pipeline.stages import dedup
+    from selfimprove.verifiers import VerifyPool
 
     sections = {}
     if fault == "lossy_writer":

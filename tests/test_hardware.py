@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from pipeline.engines.vllm import engine_dtype
-from pipeline.hardware import cpu_dtype, cpu_flags
+from selfimprove.pipeline.engines.vllm import engine_dtype
+from selfimprove.pipeline.hardware import cpu_dtype, cpu_flags
 
 
 def test_bfloat16_only_with_native_bfloat16_instructions():

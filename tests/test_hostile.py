@@ -13,8 +13,8 @@ import time
 import pytest
 
 from tests.test_sandbox import needs_bwrap, survivors
-from verifiers import VerifyPool, get_verifier
-from verifiers.base import STATUSES
+from selfimprove.verifiers import VerifyPool, get_verifier
+from selfimprove.verifiers.base import STATUSES
 
 SYMPY_HANG = "\\boxed{(x+y+z)^{9999}}"  # passes every size guard; expanding it takes minutes
 HOSTILE = {

@@ -6,11 +6,11 @@ tests/judge_engine.py samples like the FakeEngine (right answer "The answer is G
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.stages import reader, run_stage
-from pipeline.stages.verify import JudgeStep, verify_table
-from pipeline.store import StoreError
-from verifiers import VerifyPool, get_verifier
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.stages import reader, run_stage
+from selfimprove.pipeline.stages.verify import JudgeStep, verify_table
+from selfimprove.pipeline.store import StoreError
+from selfimprove.verifiers import VerifyPool, get_verifier
 
 JUDGE_ENGINE = "tests.judge_engine:JudgeEngine"
 

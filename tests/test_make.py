@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.stages import stage_dir
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.stages import stage_dir
 from tests.conftest import ROOT
 
 DATA_DIRS = ["problems", "samples", "verified", "rationalized", "selected", "export"]

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.engines import Request, SamplingParams
-from pipeline.engines.openai import OpenAIEngine, ServerError
-from pipeline.stages import reader, run_stage, stage_dir
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.engines import Request, SamplingParams
+from selfimprove.pipeline.engines.openai import OpenAIEngine, ServerError
+from selfimprove.pipeline.stages import reader, run_stage, stage_dir
 from tests.conftest import ROOT, selfimprove, write_config
 from tests.fault_server import MODEL, FaultServer, answer
 
@@ -201,7 +201,7 @@ def test_killed_run_loses_no_finished_request_and_repeats_none(tmp_path):
         selfimprove("prepare", "--config", config)
         samples_dir = load_config(config).iter_dir(1) / "samples"
         journal = samples_dir / "_requests-part-00000.jsonl"
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "sample", "--config", str(config)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "selfimprove.pipeline", "sample", "--config", str(config)], cwd=ROOT,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -249,7 +249,7 @@ def test_real_vllm_server_killed_mid_run_with_the_pipeline_then_both_restarted(t
     proc = None
     try:
         server.start()
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "sample", "--config", str(config)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "selfimprove.pipeline", "sample", "--config", str(config)], cwd=ROOT,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline, journalled = time.time() + 600, {}

@@ -11,8 +11,8 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import load_config
-from pipeline.stages import run_stage
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.stages import run_stage
 from tests.conftest import ROOT, selfimprove
 
 EXAMPLE = ROOT / "examples" / "verifier-plugin"

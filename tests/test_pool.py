@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from verifiers import Verdict, VerifyPool
+from selfimprove.verifiers import Verdict, VerifyPool
 
 HELPERS = "tests.helpers_verifiers"
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.stages import reader, stage_dir
+from selfimprove.pipeline.cli import main
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.stages import reader, stage_dir
 
 
 def _run(config, *overrides):

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.stages import reader, run_stage, stage_dir
-from pipeline.store import SUCCESS
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.stages import reader, run_stage, stage_dir
+from selfimprove.pipeline.store import SUCCESS
 from tests.conftest import FAKE, ROOT, write_config
 from tests.fake_engine import FakeEngine
 

@@ -4,10 +4,10 @@ import json
 
 import pyarrow as pa
 
-from pipeline import schema
-from pipeline.config import DedupConfig
-from pipeline.selection.reasoning import shows_work
-from pipeline.stages.dedup import select_rows
+from selfimprove.pipeline import schema
+from selfimprove.pipeline.config import DedupConfig
+from selfimprove.pipeline.selection.reasoning import shows_work
+from selfimprove.pipeline.stages.dedup import select_rows
 
 QUESTION = "Tom has 5 apples and buys 3 more bags with 4 apples each. How many apples does Tom have?"
 

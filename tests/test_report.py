@@ -2,9 +2,9 @@
 
 import json
 
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.stages.report import pass_at_k
+from selfimprove.pipeline.cli import main
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.stages.report import pass_at_k
 
 
 def test_report_shows_accuracy_funnel_and_plots(fake_config):
@@ -30,7 +30,7 @@ def test_pass_at_k_estimator():
 
 
 def test_paired_gain_counts_only_problems_that_changed():
-    from pipeline.stages.report import paired_gain
+    from selfimprove.pipeline.stages.report import paired_gain
     base = {f"p{i}": i < 20 for i in range(100)}  # 20% solved
     same_plus_ten = {f"p{i}": i < 30 for i in range(100)}  # the same 20, and 10 more
     gain, se, n = paired_gain(base, same_plus_ten)

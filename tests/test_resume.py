@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 
-from pipeline.config import load_config
-from pipeline.stages import reader, stage_dir
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.stages import reader, stage_dir
 from tests.conftest import ROOT, selfimprove
 
 
@@ -22,7 +22,7 @@ def _export_bytes(cfg):
 
 def _kill_after_first_shard(config, env):
     samples_dir = load_config(config).iter_dir(1) / "samples"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "sample", "--config", str(config)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "selfimprove.pipeline", "sample", "--config", str(config)], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT), **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     journal = samples_dir / "_progress.jsonl"

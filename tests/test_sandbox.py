@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from verifiers import get_verifier
-from verifiers import sandbox as sandbox_module
-from verifiers.sandbox import Limits, Sandbox, SandboxUnavailable, bwrap_problem
+from selfimprove.verifiers import get_verifier
+from selfimprove.verifiers import sandbox as sandbox_module
+from selfimprove.verifiers.sandbox import Limits, Sandbox, SandboxUnavailable, bwrap_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 BWRAP = bwrap_problem()

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from tests.test_sandbox import BWRAP, needs_bwrap, survivors
-from verifiers import VerifyPool, get_verifier
-from verifiers import sandbox as sandbox_module
-from verifiers.sandbox import Limits, Sandbox, SandboxUnavailable
+from selfimprove.verifiers import VerifyPool, get_verifier
+from selfimprove.verifiers import sandbox as sandbox_module
+from selfimprove.verifiers.sandbox import Limits, Sandbox, SandboxUnavailable
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="rlimits mode is safe, and tested, only as root (a uid per run)")

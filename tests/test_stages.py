@@ -5,11 +5,11 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import DATA_STAGES, main
-from pipeline.config import load_config
-from pipeline.stages import reader, run_stage, stage_dir
-from pipeline.stages.dedup import select
-from pipeline.stages.export import split_of
+from selfimprove.pipeline.cli import DATA_STAGES, main
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.stages import reader, run_stage, stage_dir
+from selfimprove.pipeline.stages.dedup import select
+from selfimprove.pipeline.stages.export import split_of
 
 
 def _run_all(config_path, *overrides):

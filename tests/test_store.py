@@ -5,7 +5,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from pipeline.store import StageReader, StageWriter, StoreError, part_name
+from selfimprove.pipeline.store import StageReader, StageWriter, StoreError, part_name
 
 
 def _table(n, start=0):
@@ -103,7 +103,7 @@ def test_torn_journal_line_only_redoes_that_shard(tmp_path):
 
 
 def test_rejects_are_collected_into_one_file(tmp_path):
-    from pipeline.schema import REJECTS
+    from selfimprove.pipeline.schema import REJECTS
 
     rej = pa.Table.from_pylist([{"stage": "demo", "source_index": 7, "problem_id": None, "reason": "bad", "raw": "x"}], schema=REJECTS)
     with StageWriter(tmp_path / "s", "demo", {"a": 1}, "cfg") as w:

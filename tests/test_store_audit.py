@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import digest
-from pipeline.store import StageReader, StageWriter, StoreError, audit, part_name
+from selfimprove.pipeline.config import digest
+from selfimprove.pipeline.store import StageReader, StageWriter, StoreError, audit, part_name
 
 FP = {"sample": {"n": 4, "stop": ["a", "b"]}, "input": "abc"}
 
@@ -92,9 +92,9 @@ def test_a_config_change_is_named_by_its_field_and_a_tuple_equals_its_list(tmp_p
 
 
 def test_status_check_names_a_damaged_stage_and_exits_1(fake_config, capsys):
-    from pipeline.cli import main
-    from pipeline.config import load_config
-    from pipeline.stages import stage_dir
+    from selfimprove.pipeline.cli import main
+    from selfimprove.pipeline.config import load_config
+    from selfimprove.pipeline.stages import stage_dir
 
     path = fake_config()
     assert main(["run", "--config", str(path)]) == 0

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import TaskConfig
-from pipeline.tasks import SourceRow, get_task, render_prompt
-from pipeline.tasks.sources import read_records
+from selfimprove.pipeline.config import TaskConfig
+from selfimprove.pipeline.tasks import SourceRow, get_task, render_prompt
+from selfimprove.pipeline.tasks.sources import read_records
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GSM8K_TEST = DATA / "gsm8k" / "test.jsonl"

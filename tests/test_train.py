@@ -5,13 +5,13 @@ import math
 
 import pytest
 
-from pipeline import schema
-from pipeline.cli import main
-from pipeline.config import DEFAULT_MODEL_DIR, load_config
-from pipeline.model import resolve_model_path
-from pipeline.stages import open_writer, reader, stage_dir
-from pipeline.stages.train import build_trainer, export_readers, load_examples, model_for_iteration, tokenize_example
-from pipeline.store import StoreError
+from selfimprove.pipeline import schema
+from selfimprove.pipeline.cli import main
+from selfimprove.pipeline.config import DEFAULT_MODEL_DIR, load_config
+from selfimprove.pipeline.model import resolve_model_path
+from selfimprove.pipeline.stages import open_writer, reader, stage_dir
+from selfimprove.pipeline.stages.train import build_trainer, export_readers, load_examples, model_for_iteration, tokenize_example
+from selfimprove.pipeline.store import StoreError
 from tests.conftest import ROOT, selfimprove
 
 BASE = str(ROOT / DEFAULT_MODEL_DIR)

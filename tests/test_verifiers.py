@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from verifiers import Verdict, available_verifiers, get_verifier
-from verifiers.base import ENTRY_POINT_GROUP
+from selfimprove.verifiers import Verdict, available_verifiers, get_verifier
+from selfimprove.verifiers.base import ENTRY_POINT_GROUP
 
 EQUIV = Path(__file__).resolve().parents[2] / "shared" / "data" / "equiv"
 
@@ -41,7 +41,7 @@ def test_registry_and_specs():
         ("math", {"methods": ["boxed", "vibes"]}, "unknown extraction method"),
         ("tests.helpers_verifiers:Missing", None, "cannot load verifier"),
         ("no_such_module:Thing", None, "cannot load verifier"),
-        ("verifiers.base:clip", None, "not a Verifier subclass"),
+        ("selfimprove.verifiers.base:clip", None, "not a Verifier subclass"),
     ],
 )
 def test_bad_specs_and_params_are_value_errors(spec, params, message):

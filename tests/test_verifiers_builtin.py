@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from verifiers import Verdict, available_verifiers, get_verifier
+from selfimprove.verifiers import Verdict, available_verifiers, get_verifier
 
 
 def run(name, gold, text, metadata=None, **params):
@@ -192,7 +192,7 @@ def test_judge_request_and_parsing():
 
 
 def test_judge_cannot_run_in_a_pool():
-    from verifiers import VerifyPool
+    from selfimprove.verifiers import VerifyPool
 
     with pytest.raises(ValueError, match="needs the generation engine"):
         VerifyPool("judge")

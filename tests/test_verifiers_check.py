@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tests.conftest import SHARED, selfimprove
-from verifiers.check import load_cases
+from selfimprove.verifiers.check import load_cases
 
 
 def test_list_shows_builtins():

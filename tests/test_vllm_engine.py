@@ -2,14 +2,14 @@
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.engines import Request, SamplingParams
+from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.engines import Request, SamplingParams
 
 pytestmark = pytest.mark.engine
 
 
 def test_generate_shards_results_errors_and_early_stop():
-    from pipeline.engines.vllm import VLLMEngine
+    from selfimprove.pipeline.engines.vllm import VLLMEngine
 
     cfg = load_config(None, ["model.max_model_len=256", "sample.max_tokens=8", "sample.n=2"])
     # p1-1 is too long for the context; so is every request of part-2 and of nine shards before it

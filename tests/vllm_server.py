@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pipeline.config import DEFAULT_MODEL_DIR
+from selfimprove.pipeline.config import DEFAULT_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,12 +59,12 @@ class VLLMServer:
         batch ("CPU Generator does not use offset" in the model runner), so against a CPU
         build the engine's own seed is used instead, as the offline engine does there.
         """
-        from pipeline.engines.vllm import is_cpu_build
+        from selfimprove.pipeline.engines.vllm import is_cpu_build
 
         return "off" if is_cpu_build() else "auto"
 
     def start(self, timeout_s: float = 900) -> "VLLMServer":
-        from pipeline.engines.vllm import is_cpu_build
+        from selfimprove.pipeline.engines.vllm import is_cpu_build
 
         env = {**os.environ, **(cpu_environment() if is_cpu_build() else {}), "VLLM_LOGGING_LEVEL": "WARNING"}
         log = open(self.log_path, "ab")

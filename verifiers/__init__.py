@@ -16,8 +16,8 @@ A new verifier is one file that registers itself (in this package, or anywhere a
             return Verdict("correct", 1.0, answer, f"answer {answer} == gold {gold}")
 """
 
-from verifiers.base import Verdict, Verifier, available_verifiers, get_verifier, register
-from verifiers.extract import extract_answer
-from verifiers.pool import VerifyPool
+from selfimprove.verifiers.base import Verdict, Verifier, available_verifiers, get_verifier, register
+from selfimprove.verifiers.extract import extract_answer
+from selfimprove.verifiers.pool import VerifyPool
 
 __all__ = ["Verdict", "Verifier", "register", "get_verifier", "available_verifiers", "VerifyPool", "extract_answer"]

@@ -109,11 +109,11 @@ def _load_builtins() -> None:
     global _builtins_loaded
     if _builtins_loaded:
         return
-    import verifiers
+    import selfimprove.verifiers as verifiers
 
     for mod in pkgutil.iter_modules(verifiers.__path__):
         if mod.name not in _NOT_VERIFIERS and not mod.name.startswith("_"):
-            importlib.import_module(f"verifiers.{mod.name}")
+            importlib.import_module(f"selfimprove.verifiers.{mod.name}")
     _builtins_loaded = True
 
 

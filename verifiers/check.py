@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from verifiers.pool import VerifyPool
+from selfimprove.verifiers.pool import VerifyPool
 
 
 def load_cases(path: str | Path) -> list[dict]:

@@ -17,9 +17,9 @@ import json
 import re
 import string
 
-from verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
-from verifiers.exact import check_choice, normalize_text
-from verifiers.extract import NO_ANSWER, check_methods, find_final_answer, refusal_reason
+from selfimprove.verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
+from selfimprove.verifiers.exact import check_choice, normalize_text
+from selfimprove.verifiers.extract import NO_ANSWER, check_methods, find_final_answer, refusal_reason
 
 OPTION_KEYS = ("options", "choices")
 MATCH = ("letter", "text", "both")

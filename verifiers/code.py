@@ -44,8 +44,8 @@ import os
 import threading
 import time
 
-from verifiers.base import Verdict, Verifier, clip, register
-from verifiers.sandbox import MODES, Limits, Sandbox, SandboxResult, SandboxUnavailable, warn_rlimits_mode
+from selfimprove.verifiers.base import Verdict, Verifier, clip, register
+from selfimprove.verifiers.sandbox import MODES, Limits, Sandbox, SandboxResult, SandboxUnavailable, warn_rlimits_mode
 
 TEST_KEYS = ("tests", "test_list", "input_output", "test")
 COMPARE = ("lines", "tokens", "exact")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from verifiers.base import STATUSES, Verdict, Verifier, clip, get_verifier, register
+from selfimprove.verifiers.base import STATUSES, Verdict, Verifier, clip, get_verifier, register
 
 
 def _parse_children(owner: str, value) -> list[tuple[str, dict]]:

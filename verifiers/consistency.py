@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
-from verifiers.extract import METHODS, check_methods, final_answer
-from verifiers.math import canonical_text
-from verifiers.numeric import NumberTooLong, normalize, parse_number
+from selfimprove.verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
+from selfimprove.verifiers.extract import METHODS, check_methods, final_answer
+from selfimprove.verifiers.math import canonical_text
+from selfimprove.verifiers.numeric import NumberTooLong, normalize, parse_number
 
 
 def answer_key(answer: str) -> tuple:

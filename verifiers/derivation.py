@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from pipeline.selection.paths import claims
-from verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
-from verifiers.extract import check_methods, final_answer
-from verifiers.numeric import parse_number_or_none
+from selfimprove.pipeline.selection.paths import claims
+from selfimprove.verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
+from selfimprove.verifiers.extract import check_methods, final_answer
+from selfimprove.verifiers.numeric import parse_number_or_none
 
 
 @register("derivation")

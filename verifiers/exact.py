@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
-from verifiers.extract import check_methods, find_final_answer, refusal_reason
+from selfimprove.verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
+from selfimprove.verifiers.extract import check_methods, find_final_answer, refusal_reason
 
 WHITESPACE = ("keep", "collapse", "remove")
 PUNCTUATION = ("keep", "strip", "remove")  # strip: only at both ends

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 
-from verifiers.base import Verdict, Verifier, clip, register
-from verifiers.extract import clean_text
+from selfimprove.verifiers.base import Verdict, Verifier, clip, register
+from selfimprove.verifiers.extract import clean_text
 
 DEFAULT_TEMPLATE = """You are grading a student's answer. Decide whether the student's final answer is correct.
 

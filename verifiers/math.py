@@ -32,9 +32,9 @@ from fractions import Fraction
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, LatexNormalizationConfig, parse, verify
 from sympy import Basic, Eq, Expr, MatrixBase
 
-from verifiers.base import Verdict, clip, register
-from verifiers.extract import sentence_math, value_key
-from verifiers.numeric import NumberTooLong, NumericVerifier, numbers_equal, parse_number
+from selfimprove.verifiers.base import Verdict, clip, register
+from selfimprove.verifiers.extract import sentence_math, value_key
+from selfimprove.verifiers.numeric import NumberTooLong, NumericVerifier, numbers_equal, parse_number
 
 MAX_FACTORIAL = 1000  # n! above this is compared as text, never computed
 MAX_EXPONENT = 10_000

@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
-from verifiers.extract import METHODS, SCALE_WORDS, check_methods, find_final_answer, number_flaw, refusal_reason
+from selfimprove.verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
+from selfimprove.verifiers.extract import METHODS, SCALE_WORDS, check_methods, find_final_answer, number_flaw, refusal_reason
 
 MAX_DIGITS = 100  # a longer number is hostile or absurd: wrong, never computed
 

@@ -38,8 +38,8 @@ from collections import deque
 from multiprocessing.connection import wait
 from typing import Callable
 
-from verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, get_verifier
-from verifiers.extract import clean_text
+from selfimprove.verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, get_verifier
+from selfimprove.verifiers.extract import clean_text
 
 MAX_CHUNK = 128  # samples per chunk, at most (fewer near the end of a batch, to spread the tail)
 MAX_CHUNK_CHARS = 2_000_000  # and text per chunk: a send blocks until the worker has read it all

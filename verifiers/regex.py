@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 
-from verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
-from verifiers.exact import check_choice
-from verifiers.extract import check_methods, clean_text, find_final_answer, refusal_reason
+from selfimprove.verifiers.base import MAX_ANSWER_CHARS, Verdict, Verifier, clip, register
+from selfimprove.verifiers.exact import check_choice
+from selfimprove.verifiers.extract import check_methods, clean_text, find_final_answer, refusal_reason
 
 
 @register("regex")

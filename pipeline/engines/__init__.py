@@ -1,5 +1,5 @@
 """Generation back ends behind one small interface (see base.py)."""
 
-from pipeline.engines.base import Completion, Engine, Request, Result, SamplingParams, load_engine
+from selfimprove.pipeline.engines.base import Completion, Engine, Request, Result, SamplingParams, load_engine
 
 __all__ = ["Completion", "Engine", "Request", "Result", "SamplingParams", "load_engine"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pipeline.config import Config, SampleConfig
+from selfimprove.pipeline.config import Config, SampleConfig
 
 
 @dataclass(frozen=True)
@@ -107,11 +107,11 @@ def load_engine(cfg: Config) -> Engine:
     """`sample.engine`: a built-in name (vllm, openai) or `package.module:Class` of your own."""
     spec = cfg.sample.engine
     if spec == "vllm":
-        from pipeline.engines.vllm import VLLMEngine
+        from selfimprove.pipeline.engines.vllm import VLLMEngine
 
         return VLLMEngine(cfg)
     if spec == "openai":
-        from pipeline.engines.openai import OpenAIEngine
+        from selfimprove.pipeline.engines.openai import OpenAIEngine
 
         return OpenAIEngine(cfg)
     if ":" not in spec:
@@ -122,5 +122,5 @@ def load_engine(cfg: Config) -> Engine:
     except (ImportError, AttributeError) as e:
         raise ValueError(f"sample.engine: cannot load {spec!r}: {e}") from None
     if not (isinstance(cls, type) and issubclass(cls, Engine)):
-        raise ValueError(f"sample.engine: {spec!r} is not a subclass of pipeline.engines.Engine")
+        raise ValueError(f"sample.engine: {spec!r} is not a subclass of selfimprove.pipeline.engines.Engine")
     return cls(cfg)

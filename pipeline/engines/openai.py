@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
-from pipeline.config import Config
-from pipeline.engines.base import Completion, Engine, Request, Result, SamplingParams
+from selfimprove.pipeline.config import Config
+from selfimprove.pipeline.engines.base import Completion, Engine, Request, Result, SamplingParams
 
 SEED_MODULUS = 2**31  # seeds stay within a signed 32-bit int, which every server accepts
 

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pipeline.config import Config
-from pipeline.engines.base import Completion, Engine, Request, Result, SamplingParams
-from pipeline.hardware import cpu_dtype
-from pipeline.model import resolve_model_path
+from selfimprove.pipeline.config import Config
+from selfimprove.pipeline.engines.base import Completion, Engine, Request, Result, SamplingParams
+from selfimprove.pipeline.hardware import cpu_dtype
+from selfimprove.pipeline.model import resolve_model_path
 
 
 MAX_SHARDS_IN_FLIGHT = 8  # shards whose requests are in the engine at once; bounds memory

@@ -35,10 +35,10 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import schema
-from pipeline.config import Config
-from pipeline.stages import stage_dir
-from pipeline.store import StageReader, table_bytes
+from selfimprove.pipeline import schema
+from selfimprove.pipeline.config import Config
+from selfimprove.pipeline.stages import stage_dir
+from selfimprove.pipeline.store import StageReader, table_bytes
 
 
 def _ray():
@@ -92,8 +92,8 @@ class SampleActor:
     """One engine per actor; a batch is one shard: its requests in, its sample and reject rows out."""
 
     def __init__(self, cfg_json: dict, iteration: int):
-        from pipeline.engines import load_engine
-        from pipeline.generation import use_request_seed
+        from selfimprove.pipeline.engines import load_engine
+        from selfimprove.pipeline.generation import use_request_seed
 
         self.cfg = Config.model_validate(cfg_json)
         self.iteration = iteration
@@ -111,8 +111,8 @@ class SampleActor:
         return out
 
     def sample_shard(self, name: str) -> tuple[pa.Table, pa.Table, int]:
-        from pipeline.engines import SamplingParams
-        from pipeline.generation import shard_requests, shard_rows
+        from selfimprove.pipeline.engines import SamplingParams
+        from selfimprove.pipeline.generation import shard_requests, shard_rows
 
         cfg, n = self.cfg, self.cfg.sample.n
         table = StageReader(stage_dir(cfg, self.iteration, "prepare")).read_shard(name)
@@ -165,7 +165,7 @@ class VerifyActor:
     """A VerifyPool per actor: the local executor's per-item hard limits, on every node."""
 
     def __init__(self, cfg_json: dict, iteration: int):
-        from pipeline.verification import build_verifier, open_pool
+        from selfimprove.pipeline.verification import build_verifier, open_pool
 
         self.cfg = Config.model_validate(cfg_json)
         self.iteration = iteration
@@ -174,7 +174,7 @@ class VerifyActor:
         self.pool.__enter__()
 
     def __call__(self, batch: dict) -> dict:
-        from pipeline.verification import verify_table
+        from selfimprove.pipeline.verification import verify_table
 
         out: dict[str, list] = {"shard": [], "verified": []}
         for name in map(str, batch["shard"]):

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from pipeline.selection.minhash import farthest_first
+from selfimprove.pipeline.selection.minhash import farthest_first
 
 
 def order_key(seed: int, problem_id: str, sample_idx: int, rationalized: bool) -> bytes:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from pipeline.selection.minhash import shingle_hashes, token_spans, tokenise
-from pipeline.selection.normalise import normalise_array
+from selfimprove.pipeline.selection.minhash import shingle_hashes, token_spans, tokenise
+from selfimprove.pipeline.selection.normalise import normalise_array
 
 TEXT_FIELDS = ("question", "problem", "prompt", "input", "instruction", "text")
 
@@ -40,7 +40,7 @@ class EvalSet:
 
 def load_eval_set(path: str, split: str = "test", config: str | None = None, field: str | None = None) -> EvalSet:
     """Question texts of an evaluation set; ValueError naming the set if it has none."""
-    from pipeline.tasks.sources import read_records
+    from selfimprove.pipeline.tasks.sources import read_records
 
     where = f"dedup.decontaminate.eval_sets: {path!r}"
     try:
@@ -65,7 +65,7 @@ def load_eval_set(path: str, split: str = "test", config: str | None = None, fie
 
 
 def _is_hub(path: str) -> bool:
-    from pipeline.tasks.sources import looks_like_hub_id
+    from selfimprove.pipeline.tasks.sources import looks_like_hub_id
 
     return looks_like_hub_id(path)
 

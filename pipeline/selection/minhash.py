@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipeline.selection.normalise import normalise_array, splitmix64
+from selfimprove.pipeline.selection.normalise import normalise_array, splitmix64
 
 _P = np.uint64(0x100000001B3)  # odd multiplier of the rolling n-gram hash
 _SHIFT = np.uint64(32)

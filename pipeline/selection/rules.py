@@ -16,13 +16,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import schema
-from pipeline.config import DedupConfig
-from pipeline.selection import balance, paths
-from pipeline.selection.contamination import EvalIndex
-from pipeline.selection.minhash import MinHasher, near_duplicates
-from pipeline.selection.normalise import keyed, normalise_array, text_hashes
-from pipeline.selection.reasoning import shows_work
+from selfimprove.pipeline import schema
+from selfimprove.pipeline.config import DedupConfig
+from selfimprove.pipeline.selection import balance, paths
+from selfimprove.pipeline.selection.contamination import EvalIndex
+from selfimprove.pipeline.selection.minhash import MinHasher, near_duplicates
+from selfimprove.pipeline.selection.normalise import keyed, normalise_array, text_hashes
+from selfimprove.pipeline.selection.reasoning import shows_work
 
 # Reasons that drop rows because a rule says so; every other reason keeps one row of each
 # group of duplicates, so it never empties a problem.

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib
 
-from pipeline.config import Config
-from pipeline.runs import (OUTPUT, STAGES, InvariantError, check, open_writer, pending, reader, sampling_config,
+from selfimprove.pipeline.config import Config
+from selfimprove.pipeline.runs import (OUTPUT, STAGES, InvariantError, check, open_writer, pending, reader, sampling_config,
                            stage_dir, summary, up_to_date)
 
 __all__ = ["OUTPUT", "STAGES", "InvariantError", "check", "open_writer", "pending", "reader", "run_stage",
@@ -20,5 +20,5 @@ __all__ = ["OUTPUT", "STAGES", "InvariantError", "check", "open_writer", "pendin
 def run_stage(name: str, cfg: Config, iteration: int, force: bool = False) -> dict:
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    module = importlib.import_module(f"pipeline.stages.{name}")
+    module = importlib.import_module(f"selfimprove.pipeline.stages.{name}")
     return module.run(cfg, iteration, force=force)

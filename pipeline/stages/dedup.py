@@ -34,14 +34,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline import schema
-from pipeline.config import Config, DedupConfig
-from pipeline.selection.contamination import EvalIndex, load_index
-from pipeline.selection.normalise import keyed, normalise, text_hashes
-from pipeline.selection.rules import RULES, STEPS, Context, Selection, select_rows
-from pipeline.stages import OUTPUT, check, open_writer, pending, reader, stage_dir, summary, up_to_date
-from pipeline.store import SUCCESS, StageReader, atomic_write_json
-from verifiers.extract import METHODS, trim_after_answer
+from selfimprove.pipeline import schema
+from selfimprove.pipeline.config import Config, DedupConfig
+from selfimprove.pipeline.selection.contamination import EvalIndex, load_index
+from selfimprove.pipeline.selection.normalise import keyed, normalise, text_hashes
+from selfimprove.pipeline.selection.rules import RULES, STEPS, Context, Selection, select_rows
+from selfimprove.pipeline.stages import OUTPUT, check, open_writer, pending, reader, stage_dir, summary, up_to_date
+from selfimprove.pipeline.store import SUCCESS, StageReader, atomic_write_json
+from selfimprove.verifiers.extract import METHODS, trim_after_answer
 
 __all__ = ["RULES", "STEPS", "Context", "Selection", "normalise", "run", "select", "select_rows"]
 
@@ -61,7 +61,7 @@ def select(table: pa.Table, max_per_problem: int | None = None, seed: int = 0, c
 def _earlier_exports(cfg: Config, iteration: int) -> tuple[set[int], list[dict]]:
     """Keyed hashes of every row exported by iterations 1..iteration-1 of this run (their `sft`
     config: the completion is one assistant message)."""
-    from pipeline.store import StoreError
+    from selfimprove.pipeline.store import StoreError
 
     exported: set[int] = set()
     found = []

@@ -22,17 +22,17 @@ from collections import Counter, defaultdict
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import schema
-from pipeline.config import Config, TaskConfig, digest
-from pipeline.engines import Request, SamplingParams, load_engine
-from pipeline.stages import check, open_writer, summary, up_to_date
-from pipeline.tasks.problems import normalise_question, problem_id, source_identity, validate_answer, validate_question
-from pipeline.generation import request_seed, use_request_seed
-from pipeline.metrics import pass_at_k, rate
-from pipeline.runs import model_fingerprint, trained_model
-from pipeline.verification import build_verifier, open_pool, verifier_spec, verify_table
-from pipeline.store import SUCCESS, StageReader, atomic_write_json, part_name
-from pipeline.tasks import get_task, render_prompt
+from selfimprove.pipeline import schema
+from selfimprove.pipeline.config import Config, TaskConfig, digest
+from selfimprove.pipeline.engines import Request, SamplingParams, load_engine
+from selfimprove.pipeline.stages import check, open_writer, summary, up_to_date
+from selfimprove.pipeline.tasks.problems import normalise_question, problem_id, source_identity, validate_answer, validate_question
+from selfimprove.pipeline.generation import request_seed, use_request_seed
+from selfimprove.pipeline.metrics import pass_at_k, rate
+from selfimprove.pipeline.runs import model_fingerprint, trained_model
+from selfimprove.pipeline.verification import build_verifier, open_pool, verifier_spec, verify_table
+from selfimprove.pipeline.store import SUCCESS, StageReader, atomic_write_json, part_name
+from selfimprove.pipeline.tasks import get_task, render_prompt
 
 ROWS = pa.schema(
     [

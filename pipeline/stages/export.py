@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from pipeline import card as export_card
-from pipeline import schema
-from pipeline.config import Config, digest
-from pipeline.stages import check, open_writer, reader, summary, up_to_date
-from pipeline.store import atomic_write_bytes, atomic_write_json
-from pipeline.verification import verifier_spec
-from verifiers.extract import METHODS, trim_after_answer
+from selfimprove.pipeline import card as export_card
+from selfimprove.pipeline import schema
+from selfimprove.pipeline.config import Config, digest
+from selfimprove.pipeline.stages import check, open_writer, reader, summary, up_to_date
+from selfimprove.pipeline.store import atomic_write_bytes, atomic_write_json
+from selfimprove.pipeline.verification import verifier_spec
+from selfimprove.verifiers.extract import METHODS, trim_after_answer
 
 SPLITS = schema.EXPORT_SPLITS
 CONFIGS = schema.EXPORT_CONFIGS

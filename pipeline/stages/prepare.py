@@ -14,17 +14,17 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from pipeline import schema
-from pipeline.config import Config
-from pipeline.stages import check, open_writer, summary, up_to_date
-from pipeline.store import part_name
-from pipeline.tasks import get_task
-from pipeline.tasks.problems import (bad_text, clip_raw, normalise_question, problem_id, source_identity,
+from selfimprove.pipeline import schema
+from selfimprove.pipeline.config import Config
+from selfimprove.pipeline.stages import check, open_writer, summary, up_to_date
+from selfimprove.pipeline.store import part_name
+from selfimprove.pipeline.tasks import get_task
+from selfimprove.pipeline.tasks.problems import (bad_text, clip_raw, normalise_question, problem_id, source_identity,
                                      validate_answer, validate_question)
 
 def gold_required(cfg: Config) -> bool:
     """Whether a problem without a gold answer is a reject: yes, unless the run's verifier needs none."""
-    from pipeline.verification import build_verifier
+    from selfimprove.pipeline.verification import build_verifier
 
     try:
         return build_verifier(cfg).needs_gold

@@ -20,13 +20,13 @@ from collections import Counter
 
 import pyarrow as pa
 
-from pipeline import schema
-from pipeline.config import Config
-from pipeline.engines import Request, SamplingParams, load_engine
-from pipeline.stages import check, open_writer, pending, reader, sampling_config, summary, up_to_date
-from pipeline.generation import request_seed, sampling_fingerprint, shard_rows, use_request_seed
-from pipeline.verification import build_verifier, open_pool, verifier_spec, verify_table
-from pipeline.tasks import get_task, render_prompt
+from selfimprove.pipeline import schema
+from selfimprove.pipeline.config import Config
+from selfimprove.pipeline.engines import Request, SamplingParams, load_engine
+from selfimprove.pipeline.stages import check, open_writer, pending, reader, sampling_config, summary, up_to_date
+from selfimprove.pipeline.generation import request_seed, sampling_fingerprint, shard_rows, use_request_seed
+from selfimprove.pipeline.verification import build_verifier, open_pool, verifier_spec, verify_table
+from selfimprove.pipeline.tasks import get_task, render_prompt
 
 
 def with_hint(messages: list[dict], hint: str, answer: str) -> list[dict]:

@@ -14,9 +14,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from pipeline.config import Config
-from pipeline.stages import reader, stage_dir, summary
-from pipeline.metrics import pass_at_k
+from selfimprove.pipeline.config import Config
+from selfimprove.pipeline.stages import reader, stage_dir, summary
+from selfimprove.pipeline.metrics import pass_at_k
 
 FUNNEL_STEPS = ["samples", "correct", "kept", "exported"]
 

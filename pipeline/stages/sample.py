@@ -17,11 +17,11 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from pipeline import schema
-from pipeline.config import Config
-from pipeline.engines import Request, SamplingParams, load_engine
-from pipeline.generation import sampling_fingerprint, shard_requests, shard_rows, use_request_seed
-from pipeline.stages import check, open_writer, pending, reader, sampling_config, summary, up_to_date
+from selfimprove.pipeline import schema
+from selfimprove.pipeline.config import Config
+from selfimprove.pipeline.engines import Request, SamplingParams, load_engine
+from selfimprove.pipeline.generation import sampling_fingerprint, shard_requests, shard_rows, use_request_seed
+from selfimprove.pipeline.stages import check, open_writer, pending, reader, sampling_config, summary, up_to_date
 
 
 def run(cfg: Config, iteration: int, force: bool = False) -> dict:
@@ -41,7 +41,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
         gen_started = time.time()
         if todo:
             if on_ray:
-                from pipeline.executors.ray import sampled_shards
+                from selfimprove.pipeline.executors.ray import sampled_shards
 
                 shards = sampled_shards(cfg, iteration, todo)
             else:

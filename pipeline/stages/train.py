@@ -34,12 +34,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline import schema
-from pipeline.config import Config, digest
-from pipeline.model import resolve_model_path
-from pipeline.runs import model_fingerprint, model_for_iteration, starting_model, trained_model
-from pipeline.stages import open_writer, stage_dir, summary, up_to_date
-from pipeline.store import MANIFEST, SUCCESS, StageReader, StoreError, part_name, sha256
+from selfimprove.pipeline import schema
+from selfimprove.pipeline.config import Config, digest
+from selfimprove.pipeline.model import resolve_model_path
+from selfimprove.pipeline.runs import model_fingerprint, model_for_iteration, starting_model, trained_model
+from selfimprove.pipeline.stages import open_writer, stage_dir, summary, up_to_date
+from selfimprove.pipeline.store import MANIFEST, SUCCESS, StageReader, StoreError, part_name, sha256
 
 ROWS = pa.schema(
     [

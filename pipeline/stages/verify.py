@@ -20,10 +20,10 @@ from typing import Iterator
 import pyarrow as pa
 from tqdm import tqdm
 
-from pipeline.config import Config
-from pipeline.stages import check, open_writer, pending, reader, summary, up_to_date
-from pipeline.verification import JudgeStep, build_verifier, open_pool, verifier_spec, verify_table
-from verifiers import Verifier
+from selfimprove.pipeline.config import Config
+from selfimprove.pipeline.stages import check, open_writer, pending, reader, summary, up_to_date
+from selfimprove.pipeline.verification import JudgeStep, build_verifier, open_pool, verifier_spec, verify_table
+from selfimprove.verifiers import Verifier
 
 
 def fingerprint(cfg: Config, samples, problems, verifier: Verifier, judge: "JudgeStep | None" = None) -> dict:
@@ -61,7 +61,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
         statuses: Counter = Counter()
         if todo:
             if on_ray:
-                from pipeline.executors.ray import verified_shards
+                from selfimprove.pipeline.executors.ray import verified_shards
 
                 shards = verified_shards(cfg, iteration, todo)
             else:

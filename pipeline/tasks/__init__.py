@@ -15,7 +15,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
 
-from pipeline.config import TaskConfig
+from selfimprove.pipeline.config import TaskConfig
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-from pipeline.tasks import SourceRow, Task, TaskProblem, register, require
+from selfimprove.pipeline.tasks import SourceRow, Task, TaskProblem, register, require
 
 BASE_SEED = 1_000_003
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from pipeline.config import TaskConfig
-from pipeline.tasks import SourceRow, Task, TaskProblem, optional_id, register
-from pipeline.tasks.sources import read_records
+from selfimprove.pipeline.config import TaskConfig
+from selfimprove.pipeline.tasks import SourceRow, Task, TaskProblem, optional_id, register
+from selfimprove.pipeline.tasks.sources import read_records
 
 
 @register

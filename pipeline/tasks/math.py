@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from pipeline.tasks import SourceRow, Task, TaskProblem, extras, optional_id, register, require
-from pipeline.tasks.sources import read_records
+from selfimprove.pipeline.tasks import SourceRow, Task, TaskProblem, extras, optional_id, register, require
+from selfimprove.pipeline.tasks.sources import read_records
 
 HUB_ID = "HuggingFaceH4/MATH-500"
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.tasks import SourceRow
+from selfimprove.pipeline.tasks import SourceRow
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 RAW_CHARS = 500

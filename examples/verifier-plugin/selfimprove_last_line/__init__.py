@@ -6,7 +6,7 @@ non-empty line ("The answer is 42." for gold 42; not "The answer is 421.").
 
 import re
 
-from verifiers import Verdict, Verifier
+from selfimprove.verifiers import Verdict, Verifier
 
 
 class LastLineVerifier(Verifier):
