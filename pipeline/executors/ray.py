@@ -1,11 +1,13 @@
-"""`run.executor: ray`: the work of sample and verify as Ray Data pipelines.
+"""`run.executor: ray`: the shards of any distributable stage as a Ray Data pipeline.
 
-The stage itself (the sample and verify stages) runs on the driver, this process, on
-either executor: it opens the StageWriter with its fingerprint, hands the shards still to do to
-`sampled_shards` / `verified_shards` here, and commits each shard (rows and rejects) the moment
-its result streams back, checks the row counts, then writes the manifest and `_SUCCESS`. So
-resume, `--force`, make targets and export work unchanged, and the two executors can take turns
-on one run: a stage half done by one is finished by the other.
+The stage itself runs on the driver, this process, on either executor (pipeline/skeleton.py):
+it opens the StageWriter with its fingerprint, hands the shards still to do to
+`ray_shard_outputs` here, and commits each shard (rows and rejects) the moment its result
+streams back, checks the row counts, then writes the manifest and `_SUCCESS`. So resume,
+`--force`, make targets and export work unchanged, and the two executors can take turns on one
+run: a stage half done by one is finished by the other. This module imports no stage: an actor
+rebuilds the stage from its class name and runs the stage's own `work` on one shard per batch.
+Today sample and verify are distributable:
 
 - sample: `map_batches` over an actor class holding one engine (`sample.engine`: vLLM, or
   a server through `openai`) per `model.tensor_parallel_size` GPUs, or one per CPU node slot;
@@ -27,18 +29,17 @@ Actors read their input shards from the run directory (checksums verified), so o
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import sys
-from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from selfimprove.pipeline import schema
 from selfimprove.pipeline.config import Config
-from selfimprove.pipeline.stages import stage_dir
-from selfimprove.pipeline.store import StageReader, table_bytes
+from selfimprove.pipeline.store import table_bytes
 
 
 def _ray():
@@ -87,117 +88,57 @@ def _quiet_data_context() -> None:
     ctx.verbose_stats_logs = False
 
 
-# -- sample ----------------------------------------------------------------------------------
-class SampleActor:
-    """One engine per actor; a batch is one shard: its requests in, its sample and reject rows out."""
+# -- any mapped stage -------------------------------------------------------------------------
+class ShardActor:
+    """Rebuilds a stage from its class and config, opens what its work needs (an engine, a
+    verifier pool) once, and works on one shard per batch; the driver commits what comes back."""
 
-    def __init__(self, cfg_json: dict, iteration: int):
-        from selfimprove.pipeline.engines import load_engine
-        from selfimprove.pipeline.generation import use_request_seed
-
-        self.cfg = Config.model_validate(cfg_json)
-        self.iteration = iteration
-        self.engine = load_engine(self.cfg)
-        self.per_request = use_request_seed(self.cfg, self.engine)
+    def __init__(self, stage_class: str, cfg_json: dict, iteration: int):
+        module, _, name = stage_class.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        self.stage = cls(Config.model_validate(cfg_json), iteration)
+        self.stage.open()
 
     def __call__(self, batch: dict) -> dict:
-        out: dict[str, list] = {"shard": [], "samples": [], "rejects": [], "tokens": []}
-        for name in batch["shard"]:
-            samples, rejects, tokens = self.sample_shard(str(name))
-            out["shard"].append(str(name))
-            out["samples"].append(table_bytes(samples))
-            out["rejects"].append(table_bytes(rejects))
-            out["tokens"].append(tokens)
-        return out
-
-    def sample_shard(self, name: str) -> tuple[pa.Table, pa.Table, int]:
-        from selfimprove.pipeline.engines import SamplingParams
-        from selfimprove.pipeline.generation import shard_requests, shard_rows
-
-        cfg, n = self.cfg, self.cfg.sample.n
-        table = StageReader(stage_dir(cfg, self.iteration, "prepare")).read_shard(name)
-        requests = shard_requests(cfg, self.iteration, table, self.per_request)
-        try:
-            # next() and close(), not a loop: an engine's request journal (openai) must outlive this
-            # call until the driver has committed the shard, so the generator is not resumed past it
-            shards = self.engine.generate_shards([(name, requests)], SamplingParams.of(cfg.sample),
-                                                 journal_dir=stage_dir(cfg, self.iteration, "sample"))
-            _, results = next(shards)
-            shards.close()
-        except Exception as e:  # the engine itself broke: let Ray restart this actor and retry the shard
-            print(f"sample actor: engine failed on {name} ({type(e).__name__}: {e}); restarting", file=sys.stderr, flush=True)
-            os._exit(1)
-        rows, rejects, tokens = shard_rows(name, requests, results, n, self.engine)  # all n of each request
-        return schema.table(rows, schema.SAMPLES), schema.table(rejects, schema.REJECTS), tokens
-
-
-def _engine_resources(cfg: Config) -> tuple[int, dict]:
-    """(number of engine actors, resources of each)."""
-    ray = _ray()
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    if cfg.sample.engine == "openai":  # the server does the work: actors only send requests
-        return cfg.run.ray.engines or 1, {"num_cpus": 1}
-    if gpus:
-        per = cfg.model.tensor_parallel_size
-        return cfg.run.ray.engines or max(1, gpus // per), {"num_gpus": per}
-    return cfg.run.ray.engines or 1, {"num_cpus": 1}
-
-
-def sampled_shards(cfg: Config, iteration: int, todo: list[str]) -> Iterator[tuple[str, pa.Table, pa.Table, int]]:
-    """(shard name, sample rows, reject rows, completion tokens) of each shard in `todo`, from
-    engine actors, as they stream back; the sample stage commits each one."""
-    connect(cfg)
-    ray = _ray()
-    _quiet_data_context()
-    engines, resources = _engine_resources(cfg)
-    ds = ray.data.from_items([{"shard": name} for name in todo], override_num_blocks=len(todo))
-    ds = ds.map_batches(SampleActor, fn_constructor_kwargs={"cfg_json": cfg.model_dump(mode="json"), "iteration": iteration},
-                        batch_size=1, concurrency=engines, **resources, **_restarts(cfg))
-    for row in ds.iter_rows():
-        yield (row["shard"], pq.read_table(pa.BufferReader(row["samples"])), pq.read_table(pa.BufferReader(row["rejects"])),
-               int(row["tokens"]))
-        # committed by now: the openai engine's request journal of this shard is not needed any more
-        (stage_dir(cfg, iteration, "sample") / f"_requests-{Path(row['shard']).stem}.jsonl").unlink(missing_ok=True)
-
-
-# -- verify ----------------------------------------------------------------------------------
-class VerifyActor:
-    """A VerifyPool per actor: the local executor's per-item hard limits, on every node."""
-
-    def __init__(self, cfg_json: dict, iteration: int):
-        from selfimprove.pipeline.verification import build_verifier, open_pool
-
-        self.cfg = Config.model_validate(cfg_json)
-        self.iteration = iteration
-        self.verifier_name = build_verifier(self.cfg).name
-        self.pool = open_pool(self.cfg)
-        self.pool.__enter__()
-
-    def __call__(self, batch: dict) -> dict:
-        from selfimprove.pipeline.verification import verify_table
-
-        out: dict[str, list] = {"shard": [], "verified": []}
+        out: dict[str, list] = {"shard": [], "rows": [], "rejects": [], "info": []}
         for name in map(str, batch["shard"]):
-            samples = StageReader(stage_dir(self.cfg, self.iteration, "sample")).read_shard(name)
-            gold = {r["problem_id"]: r for r in StageReader(stage_dir(self.cfg, self.iteration, "prepare")).read_shard(name).to_pylist()}
+            work = self.stage.work([name])
+            try:
+                # next() and close(), not a loop: an engine's request journal (openai) must outlive this
+                # call until the driver has committed the shard, so the work is not resumed past it
+                _, result = next(work)
+                work.close()
+            except Exception as e:  # the work itself broke (an engine died): Ray restarts this actor, retries the shard
+                print(f"{self.stage.name} actor: failed on {name} ({type(e).__name__}: {e}); restarting",
+                      file=sys.stderr, flush=True)
+                os._exit(1)
             out["shard"].append(name)
-            out["verified"].append(table_bytes(verify_table(samples, gold, self.pool, self.verifier_name)))
+            out["rows"].append(table_bytes(result.rows))
+            out["rejects"].append(table_bytes(result.rejects) if result.rejects is not None else b"")
+            out["info"].append(json.dumps({"info": result.info, "extra": result.extra}))
         return out
 
     def __del__(self):
-        pool = getattr(self, "pool", None)
-        if pool is not None:
-            pool.__exit__(None, None, None)
+        stage = getattr(self, "stage", None)
+        if stage is not None:
+            stage.close()
 
 
-def verified_shards(cfg: Config, iteration: int, todo: list[str]) -> Iterator[tuple[str, pa.Table]]:
-    """(shard name, verdicts) of each shard in `todo`, from VerifyActors, as they stream back."""
+def ray_shard_outputs(stage, todo: list[str]) -> Iterator[tuple[str, object]]:
+    """(shard name, ShardOutput) of each shard in `todo`, worked on by actors, as they stream back."""
+    from selfimprove.pipeline.skeleton import ShardOutput
+
+    cfg = stage.cfg
     connect(cfg)
     ray = _ray()
     _quiet_data_context()
-    actors = cfg.run.ray.verify_actors or max(1, len([nd for nd in ray.nodes() if nd.get("Alive")]))
+    actors, resources = stage.resources()
+    kwargs = {"stage_class": f"{type(stage).__module__}:{type(stage).__qualname__}",
+              "cfg_json": cfg.model_dump(mode="json"), "iteration": stage.iteration}
     ds = ray.data.from_items([{"shard": name} for name in todo], override_num_blocks=len(todo))
-    ds = ds.map_batches(VerifyActor, fn_constructor_kwargs={"cfg_json": cfg.model_dump(mode="json"), "iteration": iteration},
-                        batch_size=1, concurrency=min(actors, len(todo)), num_cpus=1, **_restarts(cfg))
+    ds = ds.map_batches(ShardActor, fn_constructor_kwargs=kwargs, batch_size=1, concurrency=min(actors, len(todo)),
+                        **resources, **_restarts(cfg))
     for row in ds.iter_rows():
-        yield row["shard"], pq.read_table(pa.BufferReader(row["verified"]))
+        meta = json.loads(row["info"])
+        rejects = pq.read_table(pa.BufferReader(row["rejects"])) if row["rejects"] else None
+        yield row["shard"], ShardOutput(pq.read_table(pa.BufferReader(row["rows"])), rejects, meta["info"], meta["extra"])

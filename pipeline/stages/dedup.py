@@ -27,8 +27,8 @@ that is about 70 bytes a row, 70 MB per million rows. stats.json holds the full 
 
 from __future__ import annotations
 
-import time
 from collections import Counter
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,7 +39,8 @@ from selfimprove.pipeline.config import Config, DedupConfig
 from selfimprove.pipeline.selection.contamination import EvalIndex, load_index
 from selfimprove.pipeline.selection.normalise import keyed, normalise, text_hashes
 from selfimprove.pipeline.selection.rules import RULES, STEPS, Context, Selection, select_rows
-from selfimprove.pipeline.stages import OUTPUT, check, open_writer, pending, reader, stage_dir, summary, up_to_date
+from selfimprove.pipeline.runs import OUTPUT, check, reader, stage_dir
+from selfimprove.pipeline.skeleton import MappedStage, ShardOutput, run_mapped
 from selfimprove.pipeline.store import SUCCESS, StageReader, atomic_write_json
 from selfimprove.verifiers.extract import METHODS, trim_after_answer
 
@@ -138,63 +139,82 @@ def _histogram(values) -> dict[str, int]:
     return {str(k): v for k, v in sorted(Counter(values).items())}
 
 
-def run(cfg: Config, iteration: int, force: bool = False) -> dict:
-    started = time.time()
-    dc = cfg.dedup
-    sources = _sources(cfg, iteration)
-    names = [s["file"] for s in sources[0].shards]
-    ctx = Context(eval_index=load_index(dc.decontaminate.eval_sets, dc.decontaminate.ngram))
-    earlier: list[dict] = []
-    if dc.across_iterations and iteration > 1:
-        ctx.exported, earlier = _earlier_exports(cfg, iteration)
-    trim = trim_methods(cfg)
-    share = cfg.rationalize.max_share if cfg.rationalize.enabled else None
-    parts = {"input": [s.output_hash for s in sources], "dedup": dc.model_dump(mode="json"), "seed": cfg.run.seed,
-             "max_rationalized_share": share,
-             "trim_after_answer": trim,
-             "eval_sets": ctx.eval_index.digest() if ctx.eval_index else None,
-             "earlier_exports": [e["export"] for e in earlier]}
-    input_rows = sum(s.rows for s in sources)
-    with open_writer(cfg, iteration, "dedup", parts, force) as writer:
-        if writer.up_to_date:
-            return up_to_date("dedup", writer)
-        todo = pending(sources[0], writer)
-        if dc.exact_across_problems and todo:
+class DedupStage(MappedStage):
+    """Each verdict shard (with its rationalized rows) through the rules, in order: the rules
+    carry state from shard to shard (texts kept so far), so the work runs here, one shard after
+    another."""
+
+    name, source = "dedup", "verify"
+
+    def __init__(self, cfg: Config, iteration: int):
+        super().__init__(cfg, iteration)
+        dc = cfg.dedup
+        self.sources = _sources(cfg, iteration)
+        self.ctx = Context(eval_index=load_index(dc.decontaminate.eval_sets, dc.decontaminate.ngram))
+        self.earlier: list[dict] = []
+        if dc.across_iterations and iteration > 1:
+            self.ctx.exported, self.earlier = _earlier_exports(cfg, iteration)
+        self.trim = trim_methods(cfg)
+        self.share = cfg.rationalize.max_share if cfg.rationalize.enabled else None
+        self.input_rows = sum(s.rows for s in self.sources)
+        self.report: dict = {}
+
+    def fingerprint(self) -> dict:
+        return {"input": [s.output_hash for s in self.sources], "dedup": self.cfg.dedup.model_dump(mode="json"),
+                "seed": self.cfg.run.seed, "max_rationalized_share": self.share, "trim_after_answer": self.trim,
+                "eval_sets": self.ctx.eval_index.digest() if self.ctx.eval_index else None,
+                "earlier_exports": [e["export"] for e in self.earlier]}
+
+    def todo(self, names: list[str], writer) -> list[str]:
+        todo = super().todo(names, writer)
+        if self.cfg.dedup.exact_across_problems and todo:
             # Kept texts of earlier shards decide later ones: redo everything after the first
             # shard not done, and rebuild the set from the shards before it.
             first = names.index(todo[0])
             todo = names[first:]
             for done in names[:first]:
-                ctx.kept_texts.update(text_hashes(pq.read_table(writer.path / done, columns=["text"]).column("text")).tolist())
-        for name in tqdm(todo, desc="dedup", unit="shard", disable=len(todo) < 2, leave=False):
-            table = _read_inputs(sources, name)
-            if trim:
-                table = trimmed(table, trim)
-            questions = _questions(cfg, iteration, name) if ctx.eval_index or dc.require_work else None
-            s = select_rows(table, dc, cfg.run.seed, questions, ctx, max_rationalized_share=share)
+                texts = pq.read_table(writer.path / done, columns=["text"]).column("text")
+                self.ctx.kept_texts.update(text_hashes(texts).tolist())
+        return todo
+
+    def work(self, names: list[str]) -> Iterator[tuple[str, ShardOutput]]:
+        dc = self.cfg.dedup
+        for name in tqdm(names, desc="dedup", unit="shard", disable=len(names) < 2, leave=False):
+            table = _read_inputs(self.sources, name)
+            if self.trim:
+                table = trimmed(table, self.trim)
+            questions = _questions(self.cfg, self.iteration, name) if self.ctx.eval_index or dc.require_work else None
+            s = select_rows(table, dc, self.cfg.run.seed, questions, self.ctx, max_rationalized_share=self.share)
             check(s.kept.num_rows == table.num_rows - sum(s.removed.values()) + s.repeated,
                   f"dedup {name}: {s.kept.num_rows} kept != {table.num_rows} input rows"
                   f" - {sum(s.removed.values())} removed + {s.repeated} repeated")
-            writer.write_shard(name, s.kept, s.rejects, removed=dict(s.removed), repeated=s.repeated,
-                               problems={p: [v["rows"], v["correct"], v["distinct_paths"], v["kept"], v.get("emptied_by")]
-                                         for p, v in s.problems.items()},
-                               decontaminated=s.decontaminated)
-        stats = _stats(writer, names, input_rows, earlier, ctx.eval_index)
+            problems = {p: [v["rows"], v["correct"], v["distinct_paths"], v["kept"], v.get("emptied_by")]
+                        for p, v in s.problems.items()}
+            yield name, ShardOutput(s.kept, s.rejects, info={"removed": dict(s.removed), "repeated": s.repeated,
+                                                              "problems": problems, "decontaminated": s.decontaminated})
+
+    def check_total(self, writer, names: list[str]) -> None:
+        self.report = _stats(writer, names, self.input_rows, self.earlier, self.ctx.eval_index)
         kept_rows = sum(writer.done[n]["rows"] for n in names)
-        check(  # before finish: a stage that breaks it is never marked _SUCCESS
-            kept_rows == input_rows - sum(stats["removed"].values()) + stats["repeated"],
-            f"dedup: {kept_rows} kept != {input_rows} input rows - {sum(stats['removed'].values())} removed"
-            f" + {stats['repeated']} repeated",
-        )
-        atomic_write_json(writer.path / "stats.json", stats)
-        short = {k: stats[k] for k in ("input", "kept", "removed", "repeated", "problems")}
-        manifest = writer.finish(names, stats=short)
-    why = ", ".join(f"{k} {v}" for k, v in sorted(stats["removed"].items())) or "nothing"
-    extra = f", {stats['repeated']} repeated" if stats["repeated"] else ""
-    pr = stats["problems"]
-    summary("dedup", f"{input_rows} verdicts -> {manifest['rows']} kept ({pr['kept']}/{pr['solved']} solved problems); "
-                     f"removed: {why}{extra}", started)
-    return manifest
+        removed, repeated = sum(self.report["removed"].values()), self.report["repeated"]
+        check(kept_rows == self.input_rows - removed + repeated,
+              f"dedup: {kept_rows} kept != {self.input_rows} input rows - {removed} removed + {repeated} repeated")
+
+    def stats(self, writer, names: list[str]) -> dict:
+        atomic_write_json(writer.path / "stats.json", self.report)
+        return {k: self.report[k] for k in ("input", "kept", "removed", "repeated", "problems")}
+
+    def summary(self, manifest: dict, resumed: int) -> str:
+        st = manifest["stats"]
+        why = ", ".join(f"{k} {v}" for k, v in sorted(st["removed"].items())) or "nothing"
+        extra = f", {st['repeated']} repeated" if st["repeated"] else ""
+        pr = st["problems"]
+        return (f"{self.input_rows} verdicts -> {manifest['rows']} kept ({pr['kept']}/{pr['solved']} solved problems); "
+                f"removed: {why}{extra}")
+
+
+def run(cfg: Config, iteration: int, force: bool = False) -> dict:
+    return run_mapped(DedupStage(cfg, iteration), force)
 
 
 def _stats(writer, names: list[str], input_rows: int, earlier: list[dict], index: EvalIndex | None) -> dict:

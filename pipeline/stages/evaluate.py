@@ -16,8 +16,8 @@ usual stage files. Shards are committed as they finish, so an interrupted evalua
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter, defaultdict
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 from selfimprove.pipeline import schema
 from selfimprove.pipeline.config import Config, TaskConfig, digest
 from selfimprove.pipeline.engines import Request, SamplingParams, load_engine
-from selfimprove.pipeline.stages import check, open_writer, summary, up_to_date
+from selfimprove.pipeline.runs import check, stage_dir
+from selfimprove.pipeline.skeleton import MappedStage, ShardOutput, run_mapped
 from selfimprove.pipeline.tasks.problems import normalise_question, problem_id, source_identity, validate_answer, validate_question
 from selfimprove.pipeline.generation import request_seed, use_request_seed
 from selfimprove.pipeline.metrics import pass_at_k, rate
@@ -209,92 +210,120 @@ def fingerprint(cfg: Config, model: str, task_cfg: TaskConfig, verifier, problem
     }
 
 
-def run(cfg: Config, iteration: int, force: bool = False) -> dict:
-    started = time.time()
-    model = eval_model(cfg, iteration)
-    task_cfg = heldout_task(cfg)
-    problems, rejects = load_problems(task_cfg)
-    problems, repeated = check_overlap(problems, *training_problems(cfg))
-    rejects += repeated
-    if not problems:
-        raise ValueError(f"evaluate: the held-out task has no usable problems ({len(rejects)} rejected)")
-    engine_cfg = cfg.model_copy(deep=True)
-    engine_cfg.model.path = model
-    engine_cfg.task = task_cfg  # the engine serves the held-out problems
-    spec = verifier_spec(engine_cfg)
-    verifier = build_verifier(engine_cfg)  # the held-out task's default verifier where verify.verifier is auto
-    ev = cfg.evaluate
-    with open_writer(cfg, iteration, "evaluate", fingerprint(cfg, model, task_cfg, verifier, problems), force) as writer:
-        if writer.up_to_date:
-            return up_to_date("evaluate", writer)
-        task = get_task(task_cfg)
+class EvaluateStage(MappedStage):
+    """Greedy accuracy (and pass@k) of iteration k's model on the held-out problems, in shards of
+    `run.problems_per_shard`; no input stage: the shards are made from the held-out task."""
+
+    name, source = "evaluate", None
+
+    def __init__(self, cfg: Config, iteration: int):
+        super().__init__(cfg, iteration)
+        self.model = eval_model(cfg, iteration)
+        self.task_cfg = heldout_task(cfg)
+        problems, rejects = load_problems(self.task_cfg)
+        problems, repeated = check_overlap(problems, *training_problems(cfg))
+        self.problems, self.rejects = problems, rejects + repeated
+        if not problems:
+            raise ValueError(f"evaluate: the held-out task has no usable problems ({len(self.rejects)} rejected)")
+        self.engine_cfg = cfg.model_copy(deep=True)
+        self.engine_cfg.model.path = self.model
+        self.engine_cfg.task = self.task_cfg  # the engine serves the held-out problems
+        self.spec = verifier_spec(self.engine_cfg)
+        self.verifier = build_verifier(self.engine_cfg)  # the held-out task's default verifier where verify.verifier is auto
         per_shard = cfg.run.problems_per_shard
-        shards = {part_name(i): problems[s:s + per_shard] for i, s in enumerate(range(0, len(problems), per_shard))}
-        todo = [n for n in shards if not writer.is_done(n)]
-        greedy = SamplingParams.of(cfg.sample, n=1, temperature=0.0, top_p=1.0, max_tokens=ev.max_tokens)
-        sampled = None
-        if ev.pass_at_k is not None:
-            pk = ev.pass_at_k
-            sampled = SamplingParams.of(cfg.sample, n=pk.n, temperature=pk.temperature, top_p=pk.top_p,
-                                        max_tokens=ev.max_tokens)
-        if todo:  # else every shard is committed: no engine, no pool
-            engine = load_engine(engine_cfg)
-            try:
-                with open_pool(cfg) as pool:
-                    per_request = use_request_seed(cfg, engine)
-                    # All pending shards go to the engine at once (generate_shards keeps its batch full
-                    # across them); each is committed as soon as its verdicts are in.
-                    messages = {p["problem_id"]: render_prompt(task_cfg, task, p["question"]) for n in todo for p in shards[n]}
-                    greedy_requests = {name: [Request(p["problem_id"], messages[p["problem_id"]]) for p in shards[name]]
-                                       for name in todo}
-                    finished: dict[str, tuple[list[dict], list[dict]]] = {}
+        self.shards = {part_name(i): problems[s:s + per_shard] for i, s in enumerate(range(0, len(problems), per_shard))}
+        ev = cfg.evaluate
+        self.greedy = SamplingParams.of(cfg.sample, n=1, temperature=0.0, top_p=1.0, max_tokens=ev.max_tokens)
+        pk = ev.pass_at_k
+        self.sampled = None if pk is None else SamplingParams.of(cfg.sample, n=pk.n, temperature=pk.temperature,
+                                                                 top_p=pk.top_p, max_tokens=ev.max_tokens)
+        self.engine = self.pool = None
+        self.result: dict = {}
 
-                    def commit(name: str, rows: list[dict], shard_rejects: list[dict]) -> None:
-                        failed = len(shard_rejects)
-                        if name == part_name(0):
-                            shard_rejects = shard_rejects + rejects  # the held-out source's own rejects, kept once
-                        writer.write_shard(name, schema.table(rows, ROWS), schema.table(shard_rejects, schema.REJECTS),
-                                           failed=failed)
+    def fingerprint(self) -> dict:
+        return fingerprint(self.cfg, self.model, self.task_cfg, self.verifier, self.problems)
 
-                    for name, results in engine.generate_shards(((n, greedy_requests[n]) for n in todo), greedy,
-                                                                desc="evaluate (greedy)"):
-                        rows, shard_rejects = greedy_rows(shards[name], greedy_requests[name], results, engine.model_name,
-                                                          pool, verifier.name)
-                        if sampled is None:
-                            commit(name, rows, shard_rejects)
-                        else:
-                            finished[name] = (rows, shard_rejects)
-                    if sampled is not None:  # pass@k: a second pass over the shards, n samples per problem
-                        sampled_requests = {
-                            name: [Request(r["problem_id"], messages[r["problem_id"]],
-                                           request_seed(cfg.run.seed, iteration, r["problem_id"]) if per_request else None)
-                                   for r in finished[name][0]]
-                            for name in todo}
-                        for name, results in engine.generate_shards(((n, sampled_requests[n]) for n in todo), sampled,
-                                                                    desc=f"evaluate (pass@{sampled.n})"):
-                            rows, shard_rejects = finished.pop(name)
-                            shard_rejects += count_correct(rows, sampled_requests[name], results, engine.model_name, pool,
-                                                           verifier.name, sampled.n)
-                            commit(name, rows, shard_rejects)
-            finally:
-                engine.close()
-        rows = [r for n in shards for r in pq.read_table(writer.path / n).to_pylist()]
-        failed = sum(writer.done[n]["failed"] for n in shards)
-        check(len(rows) + failed == len(problems),
-              f"evaluate: {len(rows)} rows + {failed} failed requests for {len(problems)} problems")
-        result = {"iteration": iteration, "model": model, "task": task_cfg.name, "verifier": spec,
-                  "max_tokens": ev.max_tokens, "problems": len(problems), **scores(rows, cfg),
-                  "engine_failed": failed, "left_out": len(rejects)}
-        atomic_write_json(writer.path / "eval.json", result)
-        manifest = writer.finish(list(shards), stats={k: result[k] for k in ("accuracy", "n", "correct", "stderr")})
-    by_steps = result["by"].get("steps", {})
-    steps = "".join(f"; {s} step{'s' * (s != '1')} {v['accuracy']:.1%} (n={v['n']})" for s, v in by_steps.items())
-    pk = "".join(f", pass@{k} {v:.1%}" for k, v in result.get("pass_at_k", {}).get("values", {}).items())
-    left_out = f"; {result['left_out']} held-out problems left out, see _rejects.parquet" if result["left_out"] else ""
-    summary("evaluate", f"iteration {iteration} ({model}): greedy accuracy {result['accuracy']:.1%} ± {result['stderr']:.1%} "
-            f"({result['correct']}/{result['n']} held-out {task_cfg.name} problems){steps}{pk}{left_out} -> {writer.path / 'eval.json'}",
-            started)
-    return manifest
+    def shard_names(self) -> list[str]:
+        return list(self.shards)
+
+    def open(self) -> None:
+        self.engine = load_engine(self.engine_cfg)
+        self.pool = open_pool(self.cfg).__enter__()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.__exit__(None, None, None)
+            self.pool = None
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def work(self, names: list[str]) -> Iterator[tuple[str, ShardOutput]]:
+        """All pending shards go to the engine at once (generate_shards keeps its batch full across
+        them); each is yielded as soon as its verdicts are in (after its pass@k samples, if asked)."""
+        task = get_task(self.task_cfg)
+        messages = {p["problem_id"]: render_prompt(self.task_cfg, task, p["question"]) for n in names for p in self.shards[n]}
+        requests = {name: [Request(p["problem_id"], messages[p["problem_id"]]) for p in self.shards[name]] for name in names}
+        finished: dict[str, tuple[list[dict], list[dict]]] = {}
+        for name, results in self.engine.generate_shards(((n, requests[n]) for n in names), self.greedy,
+                                                         desc="evaluate (greedy)"):
+            rows, rejects = greedy_rows(self.shards[name], requests[name], results, self.engine.model_name, self.pool,
+                                        self.verifier.name)
+            if self.sampled is None:
+                yield name, self._output(name, rows, rejects)
+            else:
+                finished[name] = (rows, rejects)
+        if self.sampled is not None:
+            yield from self._pass_at_k(names, messages, finished)
+
+    def _pass_at_k(self, names, messages, finished) -> Iterator[tuple[str, ShardOutput]]:
+        """A second pass over the shards, n samples per problem, each counted correct or not."""
+        per_request = use_request_seed(self.cfg, self.engine)
+        requests = {name: [Request(r["problem_id"], messages[r["problem_id"]],
+                                   request_seed(self.cfg.run.seed, self.iteration, r["problem_id"]) if per_request else None)
+                           for r in finished[name][0]]
+                    for name in names}
+        n = self.sampled.n
+        for name, results in self.engine.generate_shards(((k, requests[k]) for k in names), self.sampled,
+                                                         desc=f"evaluate (pass@{n})"):
+            rows, rejects = finished.pop(name)
+            rejects += count_correct(rows, requests[name], results, self.engine.model_name, self.pool,
+                                     self.verifier.name, n)
+            yield name, self._output(name, rows, rejects)
+
+    def _output(self, name: str, rows: list[dict], rejects: list[dict]) -> ShardOutput:
+        failed = len(rejects)
+        if name == part_name(0):
+            rejects = rejects + self.rejects  # the held-out source's own rejects, kept once
+        return ShardOutput(schema.table(rows, ROWS), schema.table(rejects, schema.REJECTS), info={"failed": failed})
+
+    def check_total(self, writer, names: list[str]) -> None:
+        rows = [r for n in names for r in pq.read_table(writer.path / n).to_pylist()]
+        failed = sum(writer.done[n]["failed"] for n in names)
+        check(len(rows) + failed == len(self.problems),
+              f"evaluate: {len(rows)} rows + {failed} failed requests for {len(self.problems)} problems")
+        self.result = {"iteration": self.iteration, "model": self.model, "task": self.task_cfg.name,
+                       "verifier": self.spec, "max_tokens": self.cfg.evaluate.max_tokens, "problems": len(self.problems),
+                       **scores(rows, self.cfg), "engine_failed": failed, "left_out": len(self.rejects)}
+
+    def stats(self, writer, names: list[str]) -> dict:
+        atomic_write_json(writer.path / "eval.json", self.result)
+        return {k: self.result[k] for k in ("accuracy", "n", "correct", "stderr")}
+
+    def summary(self, manifest: dict, resumed: int) -> str:
+        result = self.result
+        by_steps = result["by"].get("steps", {})
+        steps = "".join(f"; {s} step{'s' * (s != '1')} {v['accuracy']:.1%} (n={v['n']})" for s, v in by_steps.items())
+        pk = "".join(f", pass@{k} {v:.1%}" for k, v in result.get("pass_at_k", {}).get("values", {}).items())
+        left_out = f"; {result['left_out']} held-out problems left out, see _rejects.parquet" if result["left_out"] else ""
+        path = stage_dir(self.cfg, self.iteration, "evaluate") / "eval.json"
+        return (f"iteration {self.iteration} ({self.model}): greedy accuracy {result['accuracy']:.1%} ± "
+                f"{result['stderr']:.1%} ({result['correct']}/{result['n']} held-out {self.task_cfg.name} problems)"
+                f"{steps}{pk}{left_out} -> {path}")
+
+
+def run(cfg: Config, iteration: int, force: bool = False) -> dict:
+    return run_mapped(EvaluateStage(cfg, iteration), force)
 
 
 def _failed_rejects(failed: list[tuple[Request, str]]) -> list[dict]:

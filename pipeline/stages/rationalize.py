@@ -14,18 +14,18 @@ sample_idx) stays unique across both rounds.
 
 from __future__ import annotations
 
-import json
-import time
 from collections import Counter
+from typing import Iterator
 
 import pyarrow as pa
 
 from selfimprove.pipeline import schema
 from selfimprove.pipeline.config import Config
 from selfimprove.pipeline.engines import Request, SamplingParams, load_engine
-from selfimprove.pipeline.stages import check, open_writer, pending, reader, sampling_config, summary, up_to_date
+from selfimprove.pipeline.runs import check, reader, sampling_config, stage_dir
+from selfimprove.pipeline.skeleton import MappedStage, ShardOutput, run_mapped
 from selfimprove.pipeline.generation import request_seed, sampling_fingerprint, shard_rows, use_request_seed
-from selfimprove.pipeline.verification import build_verifier, open_pool, verifier_spec, verify_table
+from selfimprove.pipeline.verification import build_verifier, open_pool, verify_table
 from selfimprove.pipeline.tasks import get_task, render_prompt
 
 
@@ -62,93 +62,103 @@ def unsolved(verified: pa.Table, problems: dict[str, dict]) -> tuple[list[str], 
     return with_gold, len(todo) - len(with_gold)
 
 
-def run(cfg: Config, iteration: int, force: bool = False) -> dict:
-    started = time.time()
-    problems = reader(cfg, iteration, "prepare")
-    verified = reader(cfg, iteration, "verify")
-    r = cfg.rationalize
-    scfg = sampling_config(cfg, iteration)
-    n = r.n or cfg.sample.n
-    parts = {"input": verified.output_hash, "rationalize": r.model_dump(mode="json")}
-    if r.enabled:  # then it samples and verifies: everything that changes those outputs counts
-        sampling = sampling_fingerprint(scfg, iteration, problems.output_hash)
-        parts.update({k: v for k, v in sampling.items() if k != "input"}, problems=problems.output_hash,
-                     verifier=build_verifier(cfg).fingerprint())
-    with open_writer(cfg, iteration, "rationalize", parts, force) as writer:
-        if writer.up_to_date:
-            return up_to_date("rationalize", writer)
-        todo = pending(verified, writer)
-        counts: Counter = Counter()
-        if not r.enabled:
-            for name in todo:
-                writer.write_shard(name, schema.empty(schema.VERIFIED))
-        else:
-            _rationalize(scfg, iteration, problems, verified, writer, todo, n, counts)
-        manifest = writer.finish([s["file"] for s in verified.shards], stats={"new": dict(counts), "n": n})
-    if not r.enabled:
-        summary("rationalize", "off (rationalize.enabled: false)", started)
-    else:
-        summary(
-            "rationalize",
-            f"{counts['problems']} unsolved problems x n={n} -> {counts['samples']} hinted samples,"
-            f" {counts['correct']} correct, {counts['copied_hint']} dropped as copying the hint"
-            f" ({counts['no_gold']} unsolved without a gold answer skipped)",
-            started,
-        )
-    return manifest
+class RationalizeStage(MappedStage):
+    """Hinted samples for each verify shard's unsolved problems, verified here; an empty shard
+    where a shard has none (or the option is off), and no engine unless a shard needs one."""
 
+    name, source = "rationalize", "verify"
 
-def _rationalize(cfg: Config, iteration: int, problems, verified, writer, todo: list[str], n: int, counts: Counter) -> None:
-    r = cfg.rationalize
-    task = get_task(cfg.task)
-    spec = verifier_spec(cfg)
-    verifier = build_verifier(cfg)
-    by_shard: dict[str, tuple[dict, list[str]]] = {}
-    for name in todo:
-        gold = {row["problem_id"]: row for row in problems.read_shard(name).to_pylist()}
-        pids, no_gold = unsolved(verified.read_shard(name, columns=["problem_id", "status"]), gold)
-        counts["no_gold"] += no_gold
-        if pids:
-            by_shard[name] = (gold, pids)
-        else:
-            writer.write_shard(name, schema.empty(schema.VERIFIED))
-    if not by_shard:
-        return
-    engine = load_engine(cfg)
-    try:
-        per_request = use_request_seed(cfg, engine)
+    def __init__(self, cfg: Config, iteration: int):
+        super().__init__(cfg, iteration)
+        self.problems = reader(cfg, iteration, "prepare")
+        self.scfg = sampling_config(cfg, iteration)
+        self.n = cfg.rationalize.n or cfg.sample.n
+        self.counts: Counter = Counter()
+        self.engine = self.pool = None
+
+    def fingerprint(self) -> dict:
+        r = self.cfg.rationalize
+        parts = {"input": self.input.output_hash, "rationalize": r.model_dump(mode="json")}
+        if r.enabled:  # then it samples and verifies: everything that changes those outputs counts
+            sampling = sampling_fingerprint(self.scfg, self.iteration, self.problems.output_hash)
+            parts.update({k: v for k, v in sampling.items() if k != "input"}, problems=self.problems.output_hash,
+                         verifier=build_verifier(self.cfg).fingerprint())
+        return parts
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.__exit__(None, None, None)
+            self.pool = None
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def work(self, names: list[str]) -> Iterator[tuple[str, ShardOutput]]:
+        by_shard: dict[str, tuple[dict, list[str]]] = {}
+        for name in names:
+            gold = {row["problem_id"]: row for row in self.problems.read_shard(name).to_pylist()}
+            pids, no_gold = ([], 0) if not self.cfg.rationalize.enabled else \
+                unsolved(self.input.read_shard(name, columns=["problem_id", "status"]), gold)
+            self.counts["no_gold"] += no_gold
+            if pids:
+                by_shard[name] = (gold, pids)
+            else:
+                yield name, ShardOutput(schema.empty(schema.VERIFIED))
+        if by_shard:
+            yield from self._hinted(by_shard)
+
+    def _hinted(self, by_shard: dict[str, tuple[dict, list[str]]]) -> Iterator[tuple[str, ShardOutput]]:
+        cfg, r, n = self.scfg, self.cfg.rationalize, self.n
+        task = get_task(cfg.task)
+        self.engine = load_engine(cfg)
+        self.pool = open_pool(self.cfg).__enter__()
+        verifier = build_verifier(self.cfg)
+        per_request = use_request_seed(cfg, self.engine)
         sent: dict[str, tuple[list[Request], list[list[dict]]]] = {}  # hinted requests and hint-free prompts
 
         def shard_requests():
             for name, (gold, pids) in by_shard.items():
                 plain = [render_prompt(cfg.task, task, gold[pid]["question"]) for pid in pids]
                 requests = [Request(pid, with_hint(messages, r.hint, str(gold[pid]["answer"])),
-                                    request_seed(cfg.run.seed + 1, iteration, pid) if per_request else None)
+                                    request_seed(cfg.run.seed + 1, self.iteration, pid) if per_request else None)
                             for pid, messages in zip(pids, plain)]
                 sent[name] = (requests, plain)
                 yield name, requests
 
-        with open_pool(cfg) as pool:
-            for name, results in engine.generate_shards(shard_requests(), SamplingParams.of(cfg.sample, n=n), journal_dir=writer.path,
-                                                        desc="rationalize"):
-                gold, pids = by_shard[name]
-                requests, plain = sent.pop(name)
-                rows, rejects, _ = shard_rows(name, requests, results, n, engine, stage="rationalize",
-                                              first_idx=cfg.sample.n, prompts=plain)  # stored without the hint
-                out = verify_table(schema.table(rows, schema.SAMPLES), gold, pool, verifier.name).to_pylist()
-                check(len(out) == (len(pids) - len(rejects)) * n,
-                      f"rationalize {name}: {len(out)} rows for {len(pids) - len(rejects)} problems x n={n}")
-                for row in out:
-                    row["rationalized"] = True
-                    if row["status"] == "correct":
-                        why = copies_hint(row["text"], r.min_words, r.forbid)
-                        if why:
-                            row.update(status="wrong", score=0.0, reason=why)
-                            counts["copied_hint"] += 1
-                        else:
-                            counts["correct"] += 1
-                counts["problems"] += len(pids)
-                counts["samples"] += len(out)
-                writer.write_shard(name, schema.table(out, schema.VERIFIED), schema.table(rejects, schema.REJECTS))
-    finally:
-        engine.close()
+        journal = stage_dir(self.cfg, self.iteration, "rationalize")
+        for name, results in self.engine.generate_shards(shard_requests(), SamplingParams.of(cfg.sample, n=n),
+                                                         journal_dir=journal, desc="rationalize"):
+            gold, pids = by_shard[name]
+            requests, plain = sent.pop(name)
+            rows, rejects, _ = shard_rows(name, requests, results, n, self.engine, stage="rationalize",
+                                          first_idx=cfg.sample.n, prompts=plain)  # stored without the hint
+            out = verify_table(schema.table(rows, schema.SAMPLES), gold, self.pool, verifier.name).to_pylist()
+            check(len(out) == (len(pids) - len(rejects)) * n,
+                  f"rationalize {name}: {len(out)} rows for {len(pids) - len(rejects)} problems x n={n}")
+            for row in out:
+                row["rationalized"] = True
+                if row["status"] == "correct":
+                    why = copies_hint(row["text"], r.min_words, r.forbid)
+                    if why:
+                        row.update(status="wrong", score=0.0, reason=why)
+                        self.counts["copied_hint"] += 1
+                    else:
+                        self.counts["correct"] += 1
+            self.counts["problems"] += len(pids)
+            self.counts["samples"] += len(out)
+            yield name, ShardOutput(schema.table(out, schema.VERIFIED), schema.table(rejects, schema.REJECTS))
+
+    def stats(self, writer, names: list[str]) -> dict:
+        return {"new": dict(self.counts), "n": self.n}
+
+    def summary(self, manifest: dict, resumed: int) -> str:
+        if not self.cfg.rationalize.enabled:
+            return "off (rationalize.enabled: false)"
+        c = self.counts
+        return (f"{c['problems']} unsolved problems x n={self.n} -> {c['samples']} hinted samples,"
+                f" {c['correct']} correct, {c['copied_hint']} dropped as copying the hint"
+                f" ({c['no_gold']} unsolved without a gold answer skipped)")
+
+
+def run(cfg: Config, iteration: int, force: bool = False) -> dict:
+    return run_mapped(RationalizeStage(cfg, iteration), force)

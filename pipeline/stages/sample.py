@@ -10,89 +10,97 @@ cannot serve (say, a prompt longer than the context) goes to `_rejects.parquet`.
 
 from __future__ import annotations
 
-import time
-from contextlib import closing
 from pathlib import Path
 from typing import Iterator
-
-import pyarrow as pa
 
 from selfimprove.pipeline import schema
 from selfimprove.pipeline.config import Config
 from selfimprove.pipeline.engines import Request, SamplingParams, load_engine
 from selfimprove.pipeline.generation import sampling_fingerprint, shard_requests, shard_rows, use_request_seed
-from selfimprove.pipeline.stages import check, open_writer, pending, reader, sampling_config, summary, up_to_date
+from selfimprove.pipeline.runs import check, sampling_config, stage_dir
+from selfimprove.pipeline.skeleton import MappedStage, ShardOutput, run_mapped
 
 
-def run(cfg: Config, iteration: int, force: bool = False) -> dict:
-    """The stage on either executor: this function owns the stage directory, commits each shard as
-    it comes back and checks the row counts before `_SUCCESS`; the samples come from an engine in
-    this process or from engine actors on Ray."""
-    started = time.time()
-    cfg = sampling_config(cfg, iteration)
-    problems = reader(cfg, iteration, "prepare")
-    on_ray = cfg.run.executor == "ray"
-    n = cfg.sample.n
-    with open_writer(cfg, iteration, "sample", sampling_fingerprint(cfg, iteration, problems.output_hash), force) as writer:
-        if writer.up_to_date:
-            return up_to_date("sample", writer)
-        todo = pending(problems, writer)
-        tokens = samples = 0
-        gen_started = time.time()
-        if todo:
-            if on_ray:
-                from selfimprove.pipeline.executors.ray import sampled_shards
+class SampleStage(MappedStage):
+    """n samples per problem of each prepared shard, from an engine in this process or on Ray
+    actors (one engine each); the engine is opened only where shards are left to do."""
 
-                shards = sampled_shards(cfg, iteration, todo)
-            else:
-                shards = _sampled_here(cfg, iteration, problems, todo, writer.path)
-            with closing(shards):
-                for name, rows, rejects, shard_tokens in shards:
-                    tokens += shard_tokens
-                    samples += rows.num_rows
-                    writer.write_shard(name, rows, rejects)
-        gen_seconds = time.time() - gen_started
-        names = [s["file"] for s in problems.shards]
-        missing = [name for name in names if not writer.is_done(name)]
-        check(not missing, f"sample: the engine returned nothing for shards {missing[:5]}")
-        totals = [writer.done[name]["rows"] for name in names]
-        rejected = sum(writer.done[name].get("rejects", 0) for name in names)
-        check(  # before finish: a stage that breaks it is never marked _SUCCESS
-            sum(totals) == (problems.rows - rejected) * n,
-            f"sample: {sum(totals)} samples for ({problems.rows} problems - {rejected} rejected) x n={n}",
-        )
-        rate = f"; {samples / gen_seconds:.1f} samples/s, {tokens / gen_seconds:.0f} tokens/s" if todo and gen_seconds else ""
-        manifest = writer.finish(
-            names,
-            stats={"n": n, "problems": problems.rows, "samples": sum(totals), "new_samples": samples,
-                   "new_completion_tokens": tokens, "shards_resumed": len(problems.shards) - len(todo),
-                   **({"executor": "ray"} if on_ray else {})},
-        )
-    summary(
-        "sample",
-        f"{problems.rows} problems x n={n} -> {manifest['rows']} samples{' on Ray' if on_ray else ''}"
-        f" ({manifest['rejects']} problems rejected by the engine, {len(problems.shards) - len(todo)} shards resumed){rate}",
-        started,
-    )
-    return manifest
+    name, source, distributable = "sample", "prepare", True
+    no_output = "the engine returned nothing"
 
+    def __init__(self, cfg: Config, iteration: int):
+        super().__init__(sampling_config(cfg, iteration), iteration)
+        self.engine = None
+        self.per_request = False
 
-def _sampled_here(cfg: Config, iteration: int, problems, todo: list[str],
-                  journal_dir: Path) -> Iterator[tuple[str, pa.Table, pa.Table, int]]:
-    """(shard name, sample rows, reject rows, completion tokens) of each shard in `todo`, from one
-    engine in this process that is fed shard after shard (`Engine.generate_shards`)."""
-    engine = load_engine(cfg)
-    try:
-        per_request = use_request_seed(cfg, engine)
+    def fingerprint(self) -> dict:
+        return sampling_fingerprint(self.cfg, self.iteration, self.input.output_hash)
+
+    def open(self) -> None:
+        self.engine = load_engine(self.cfg)
+        self.per_request = use_request_seed(self.cfg, self.engine)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def work(self, names: list[str]) -> Iterator[tuple[str, ShardOutput]]:
+        """Shards handed to the engine lazily (`Engine.generate_shards` keeps it fed across them)."""
         sent: dict[str, list[Request]] = {}  # requests of shards handed to the engine, not yet back
 
         def requests():
-            for name in todo:
-                sent[name] = shard_requests(cfg, iteration, problems.read_shard(name), per_request)
+            for name in names:
+                sent[name] = shard_requests(self.cfg, self.iteration, self.input.read_shard(name), self.per_request)
                 yield name, sent[name]
 
-        for name, results in engine.generate_shards(requests(), SamplingParams.of(cfg.sample), journal_dir=journal_dir):
-            rows, rejects, tokens = shard_rows(name, sent.pop(name), results, cfg.sample.n, engine)
-            yield name, schema.table(rows, schema.SAMPLES), schema.table(rejects, schema.REJECTS), tokens
-    finally:
-        engine.close()
+        journal = stage_dir(self.cfg, self.iteration, "sample")
+        for name, results in self.engine.generate_shards(requests(), SamplingParams.of(self.cfg.sample), journal_dir=journal):
+            rows, rejects, tokens = shard_rows(name, sent.pop(name), results, self.cfg.sample.n, self.engine)
+            yield name, ShardOutput(schema.table(rows, schema.SAMPLES), schema.table(rejects, schema.REJECTS),
+                                    extra={"tokens": tokens})
+
+    def committed(self, writer, name: str) -> None:
+        # an engine's request journal of this shard (openai) is not needed once the shard is on disk
+        (writer.path / f"_requests-{Path(name).stem}.jsonl").unlink(missing_ok=True)
+
+    def check_total(self, writer, names: list[str]) -> None:
+        samples = sum(writer.done[name]["rows"] for name in names)
+        rejected = sum(writer.done[name].get("rejects", 0) for name in names)
+        n = self.cfg.sample.n
+        check(samples == (self.input.rows - rejected) * n,
+              f"sample: {samples} samples for ({self.input.rows} problems - {rejected} rejected) x n={n}")
+
+    def stats(self, writer, names: list[str]) -> dict:
+        return {"n": self.cfg.sample.n, "problems": self.input.rows,
+                "samples": sum(writer.done[name]["rows"] for name in names),
+                "new_samples": sum(out.rows.num_rows for out in self.new),
+                "new_completion_tokens": sum(out.extra["tokens"] for out in self.new),
+                "shards_resumed": len(names) - len(self.new),
+                **({"executor": "ray"} if self.executor() == "ray" else {})}
+
+    def summary(self, manifest: dict, resumed: int) -> str:
+        s, seconds = manifest["stats"], self.work_seconds
+        rate = (f"; {s['new_samples'] / seconds:.1f} samples/s, {s['new_completion_tokens'] / seconds:.0f} tokens/s"
+                if self.new and seconds else "")
+        where = " on Ray" if self.executor() == "ray" else ""
+        return (f"{self.input.rows} problems x n={s['n']} -> {manifest['rows']} samples{where}"
+                f" ({manifest['rejects']} problems rejected by the engine, {resumed} shards resumed){rate}")
+
+    def resources(self) -> tuple[int, dict]:
+        """One engine per `model.tensor_parallel_size` GPUs, else one per CPU slot; a server's
+        actors only send requests."""
+        import ray
+
+        r = self.cfg.run.ray
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if self.cfg.sample.engine == "openai":
+            return r.engines or 1, {"num_cpus": 1}
+        if gpus:
+            per = self.cfg.model.tensor_parallel_size
+            return r.engines or max(1, gpus // per), {"num_gpus": per}
+        return r.engines or 1, {"num_cpus": 1}
+
+
+def run(cfg: Config, iteration: int, force: bool = False) -> dict:
+    return run_mapped(SampleStage(cfg, iteration), force)

@@ -12,16 +12,15 @@ The engine is loaded only when a shard has such rows.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from contextlib import ExitStack, closing
+from contextlib import ExitStack
 from typing import Iterator
 
-import pyarrow as pa
 from tqdm import tqdm
 
 from selfimprove.pipeline.config import Config
-from selfimprove.pipeline.stages import check, open_writer, pending, reader, summary, up_to_date
+from selfimprove.pipeline.runs import check, reader
+from selfimprove.pipeline.skeleton import MappedStage, ShardOutput, run_mapped
 from selfimprove.pipeline.verification import JudgeStep, build_verifier, open_pool, verifier_spec, verify_table
 from selfimprove.verifiers import Verifier
 
@@ -40,62 +39,76 @@ def fingerprint(cfg: Config, samples, problems, verifier: Verifier, judge: "Judg
     return parts
 
 
+class VerifyStage(MappedStage):
+    """Verdicts for each sample shard, from a worker pool here or on Ray actors (a pool each);
+    a verifier that needs the engine (judge) runs here, where the engine is."""
+
+    name, source = "verify", "sample"
+
+    def __init__(self, cfg: Config, iteration: int):
+        super().__init__(cfg, iteration)
+        self.problems = reader(cfg, iteration, "prepare")
+        self.spec = verifier_spec(cfg)
+        self.verifier = build_verifier(cfg)
+        self.judge = JudgeStep(cfg, verifier=self.verifier) if self.verifier.uses_engine else None
+        self.distributable = self.judge is None
+        if cfg.run.executor == "ray" and self.judge is not None:
+            print("verify: this verifier asks the generation engine (judge); it runs on the driver", flush=True)
+        self.pool = None
+        self._stack = ExitStack()
+
+    def fingerprint(self) -> dict:
+        return fingerprint(self.cfg, self.input, self.problems, self.verifier, self.judge)
+
+    def open(self) -> None:
+        pool_spec = None if self.judge is None else self.judge.rules_part()
+        if self.judge is None or pool_spec is not None:
+            pool_spec, pool_params = pool_spec or (self.spec, self.cfg.verify.params)
+            self.pool = self._stack.enter_context(open_pool(self.cfg, pool_spec, pool_params))
+        if self.judge is not None:
+            self._stack.callback(self.judge.close)
+
+    def close(self) -> None:
+        self._stack.close()
+        self.pool = None
+
+    def work(self, names: list[str]) -> Iterator[tuple[str, ShardOutput]]:
+        total = sum(s["rows"] for s in self.input.shards if s["file"] in names)
+        with tqdm(total=total, desc="verify", unit="sample", mininterval=1.0, disable=self.executor() == "ray") as bar:
+            for name in names:
+                gold = {r["problem_id"]: r for r in self.problems.read_shard(name).to_pylist()}
+                verdicts = verify_table(self.input.read_shard(name), gold, self.pool, self.verifier.name, bar.update,
+                                        judge=self.judge)
+                yield name, ShardOutput(verdicts)
+
+    def check_shard(self, name: str, out: ShardOutput) -> None:
+        expected = next(s["rows"] for s in self.input.shards if s["file"] == name)
+        check(out.rows.num_rows == expected, f"verify {name}: {out.rows.num_rows} verdicts for {expected} samples")
+
+    def check_total(self, writer, names: list[str]) -> None:
+        verdicts = sum(writer.done[n]["rows"] for n in names)
+        check(verdicts == self.input.rows, f"verify: {verdicts} verdicts for {self.input.rows} samples")
+
+    def statuses(self) -> Counter:
+        return Counter(s for out in self.new for s in out.rows["status"].to_pylist())
+
+    def stats(self, writer, names: list[str]) -> dict:
+        return {"new_verdicts": dict(self.statuses()), **({"executor": "ray"} if self.executor() == "ray" else {})}
+
+    def summary(self, manifest: dict, resumed: int) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in self.statuses().most_common())
+        judged = f"; {self.judge.judged} judged by the engine" if self.judge is not None and self.judge.judged else ""
+        where = " on Ray" if self.executor() == "ray" else ""
+        return f"{self.input.rows} samples verified with {self.spec!r}{where}: {counts or 'all resumed'}{judged}"
+
+    def resources(self) -> tuple[int, dict]:
+        """A pool per actor, one actor per live node unless `run.ray.verify_actors` says otherwise."""
+        import ray
+
+        actors = self.cfg.run.ray.verify_actors or max(1, len([nd for nd in ray.nodes() if nd.get("Alive")]))
+        return actors, {"num_cpus": 1}
+
+
 def run(cfg: Config, iteration: int, force: bool = False) -> dict:
-    """The stage on either executor: this function owns the stage directory, checks and commits
-    each shard's verdicts; the verdicts come from a pool here or from actors on Ray."""
-    started = time.time()
-    problems = reader(cfg, iteration, "prepare")
-    samples = reader(cfg, iteration, "sample")
-    spec = verifier_spec(cfg)
-    verifier = build_verifier(cfg)
-    judge = JudgeStep(cfg, verifier) if verifier.uses_engine else None
-    on_ray = cfg.run.executor == "ray"
-    if on_ray and judge is not None:
-        print("verify: this verifier asks the generation engine (judge); it runs on the driver", flush=True)
-        on_ray = False
-    with open_writer(cfg, iteration, "verify", fingerprint(cfg, samples, problems, verifier, judge), force) as writer:
-        if writer.up_to_date:
-            return up_to_date("verify", writer)
-        todo = pending(samples, writer)
-        rows_of = {s["file"]: s["rows"] for s in samples.shards}
-        statuses: Counter = Counter()
-        if todo:
-            if on_ray:
-                from selfimprove.pipeline.executors.ray import verified_shards
-
-                shards = verified_shards(cfg, iteration, todo)
-            else:
-                shards = _verified_here(cfg, spec, verifier, judge, samples, problems, todo)
-            with closing(shards):
-                for name, verified in shards:
-                    check(verified.num_rows == rows_of[name],
-                          f"verify {name}: {verified.num_rows} verdicts for {rows_of[name]} samples")
-                    statuses.update(verified["status"].to_pylist())
-                    writer.write_shard(name, verified)
-        names = [s["file"] for s in samples.shards]
-        verdicts = sum(writer.done[n]["rows"] for n in names if writer.is_done(n))
-        check(verdicts == samples.rows, f"verify: {verdicts} verdicts for {samples.rows} samples")  # before _SUCCESS
-        manifest = writer.finish(names, stats={"new_verdicts": dict(statuses), **({"executor": "ray"} if on_ray else {})})
-    counts = ", ".join(f"{k} {v}" for k, v in statuses.most_common())
-    judged = f"; {judge.judged} judged by the engine" if judge is not None and judge.judged else ""
-    where = " on Ray" if on_ray else ""
-    summary("verify", f"{samples.rows} samples verified with {spec!r}{where}: {counts or 'all resumed'}{judged}", started)
-    return manifest
-
-
-def _verified_here(cfg: Config, spec: str, verifier: Verifier, judge: "JudgeStep | None", samples, problems,
-                   todo: list[str]) -> Iterator[tuple[str, pa.Table]]:
-    """(shard name, verdicts) of each shard in `todo`, verified in a pool of this machine's workers."""
-    total = sum(s["rows"] for s in samples.shards if s["file"] in todo)
-    pool_spec = None if judge is None else judge.rules_part()
-    with ExitStack() as stack:
-        pool = None
-        if judge is None or pool_spec is not None:
-            pool_spec, pool_params = pool_spec or (spec, cfg.verify.params)
-            pool = stack.enter_context(open_pool(cfg, pool_spec, pool_params))
-        if judge is not None:
-            stack.callback(judge.close)
-        bar = stack.enter_context(tqdm(total=total, desc="verify", unit="sample", mininterval=1.0))
-        for name in todo:
-            gold = {r["problem_id"]: r for r in problems.read_shard(name).to_pylist()}
-            yield name, verify_table(samples.read_shard(name), gold, pool, verifier.name, bar.update, judge=judge)
+    """The stage on either executor (pipeline/skeleton.py owns the directory, resume and checks)."""
+    return run_mapped(VerifyStage(cfg, iteration), force)
