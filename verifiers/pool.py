@@ -204,120 +204,139 @@ class VerifyPool:
                 raise
 
     def _verify(self, jobs, progress) -> list[list[Verdict]]:
-        results: list[list[Verdict | None]] = [[None] * len(samples) for _, samples in jobs]
-        if self.verifier.group:  # a task is (job, first sample, number of samples)
-            tasks = [(j, 0, len(samples)) for j, (_, samples) in enumerate(jobs) if samples]
-        else:
-            tasks = [(j, i, 1) for j, (_, samples) in enumerate(jobs) for i in range(len(samples))]
-        pending = deque(range(len(tasks)))
-        left = sum(n for _, _, n in tasks)  # samples without a verdict yet
-        while len(self._pool) < min(self.workers, len(tasks)):
-            self._pool.append(self._start())
-
-        def limit(task_id: int) -> float:
-            return self.timeout_s * tasks[task_id][2]
-
-        def finish(task_id: int, verdicts: list[Verdict]) -> int:
-            j, i, n = tasks[task_id]
-            results[j][i : i + n] = verdicts
-            return n
-
-        def text_size(task_id: int) -> int:
-            j, i, n = tasks[task_id]
-            return sum(len(t) for s in jobs[j][1][i : i + n] if isinstance(s, dict) and isinstance(t := s.get("text"), str))
-
-        def deadline(w: _Worker) -> float:
-            pos, started = w.current()
-            return started + limit(w.queue[pos])
-
-        def collect(w: _Worker) -> tuple[int, bool]:
-            """Read the worker's messages: (samples finished, whether its pipe is still open)."""
-            done, is_open = 0, True
-            try:
-                while w.conn.poll():
-                    kind, detail = w.conn.recv()
-                    if kind == "ready":
-                        w.ready = True
-                    elif kind == "init_error":
-                        raise ValueError(f"verifier {self.spec!r} failed to start in a worker: {detail}")
-                    elif kind == "done":
-                        for task_id, verdicts in zip(w.queue, detail):
-                            done += finish(task_id, [Verdict(*v) for v in verdicts])
-                        w.queue = []
-            except (EOFError, OSError):
-                is_open = False
-            return done, is_open
-
-        def replace(k: int, verdict: Verdict | None) -> int:
-            """Start a new worker in place of dead worker k. Its current item gets `verdict` (or,
-            with None, goes back in line); the rest of its chunk goes back in line, to be
-            verified again (the dead worker's finished items were never reported)."""
-            w = self._pool[k]
-            w.stop()
-            self._pool[k] = self._start()
-            if not w.queue:
-                return 0
-            pos, _ = w.current()  # the dead worker's last word
-            task_id = w.queue[pos]
-            rest = w.queue[:pos] + w.queue[pos + 1 :]
-            pending.extendleft(reversed(w.queue if verdict is None else rest))
-            return 0 if verdict is None else finish(task_id, [verdict] * tasks[task_id][2])
-
-        while left:
-            now = time.monotonic()
-            for w in self._pool:  # hand out work to idle workers
-                if w.ready and not w.queue and pending:
-                    size = max(1, min(MAX_CHUNK, left // (2 * len(self._pool))))  # in samples
-                    chunk = [pending.popleft()]
-                    samples, chars = tasks[chunk[0]][2], text_size(chunk[0])
-                    while pending and samples + tasks[pending[0]][2] <= size and chars < MAX_CHUNK_CHARS:
-                        samples += tasks[pending[0]][2]
-                        chars += text_size(pending[0])
-                        chunk.append(pending.popleft())
-                    w.queue = chunk
-                    w.sent_at = now
-                    try:
-                        w.conn.send([(t, jobs[tasks[t][0]][0], jobs[tasks[t][0]][1][tasks[t][1] : tasks[t][1] + tasks[t][2]])
-                                     for t in chunk])
-                    except OSError:  # died while idle: nothing was started, so nothing is lost
-                        pending.extendleft(reversed(w.queue))
-                        w.queue = []
-            deadlines = [deadline(w) for w in self._pool if w.queue]
-            deadlines += [w.started + START_TIMEOUT_S for w in self._pool if not w.ready]
-            timeout = max(0.0, min(deadlines) - now) if deadlines else None
-            wait([w.conn for w in self._pool] + [w.proc.sentinel for w in self._pool], timeout)
-
-            done = 0
-            for k, w in enumerate(self._pool):
-                alive = w.proc.is_alive()  # checked first: a dead worker's messages are all in its pipe
-                finished, pipe_open = collect(w)
-                done += finished
-                if not (alive and pipe_open):
-                    w.proc.join(1.0)
-                    done += collect(w)[0]  # a chunk finished between the check and its death
-                    if not w.ready:
-                        raise RuntimeError(f"verifier worker exited before it was ready ({_death(w.proc.exitcode)}); "
-                                           f"see its traceback above (memory_limit_mb={self.memory_limit_mb})")
-                    done += replace(k, Verdict("error", 0.0, None, _death(w.proc.exitcode)))
-                elif w.queue and time.monotonic() >= deadline(w):
-                    w.proc.kill()
-                    w.proc.join()
-                    done += collect(w)[0]  # it may have finished the chunk just before the kill
-                    if w.queue and time.monotonic() >= deadline(w):
-                        pos, _ = w.current()
-                        done += replace(k, Verdict("timeout", 0.0, None, f"verification exceeded {limit(w.queue[pos])} s"))
-                    else:  # it had moved on to an item with time left: nothing overran
-                        done += replace(k, None)
-                elif not w.ready and time.monotonic() >= w.started + START_TIMEOUT_S:
-                    raise RuntimeError(f"verifier worker not ready after {START_TIMEOUT_S:.0f} s")
-            if done:
-                left -= done
-                if progress is not None:
-                    progress(done)
-        return results  # type: ignore[return-value]
+        return _Batch(self, jobs).run(progress)
 
     def _start(self) -> _Worker:
         return _Worker(self._ctx, self.spec, self.params, self.memory_limit_mb)
+
+
+class _Batch:
+    """One `verify` call: its items handed out to the pool's workers in chunks, each item's
+    deadline watched, a dead or overrunning worker replaced and its unfinished items handed out
+    again (the one that overran gets its `timeout` verdict)."""
+
+    def __init__(self, pool: VerifyPool, jobs: list[tuple[dict, list[dict]]]):
+        self.pool, self.jobs = pool, jobs
+        self.results: list[list[Verdict | None]] = [[None] * len(samples) for _, samples in jobs]
+        if pool.verifier.group:  # a task is (job, first sample, number of samples)
+            self.tasks = [(j, 0, len(samples)) for j, (_, samples) in enumerate(jobs) if samples]
+        else:
+            self.tasks = [(j, i, 1) for j, (_, samples) in enumerate(jobs) for i in range(len(samples))]
+        self.pending = deque(range(len(self.tasks)))
+        self.left = sum(n for _, _, n in self.tasks)  # samples without a verdict yet
+
+    def limit(self, task_id: int) -> float:
+        return self.pool.timeout_s * self.tasks[task_id][2]
+
+    def finish(self, task_id: int, verdicts: list[Verdict]) -> int:
+        j, i, n = self.tasks[task_id]
+        self.results[j][i : i + n] = verdicts
+        return n
+
+    def text_size(self, task_id: int) -> int:
+        j, i, n = self.tasks[task_id]
+        return sum(len(t) for s in self.jobs[j][1][i : i + n] if isinstance(s, dict) and isinstance(t := s.get("text"), str))
+
+    def deadline(self, w: _Worker) -> float:
+        pos, started = w.current()
+        return started + self.limit(w.queue[pos])
+
+    def collect(self, w: _Worker) -> tuple[int, bool]:
+        """Read the worker's messages: (samples finished, whether its pipe is still open)."""
+        done, is_open = 0, True
+        try:
+            while w.conn.poll():
+                kind, detail = w.conn.recv()
+                if kind == "ready":
+                    w.ready = True
+                elif kind == "init_error":
+                    raise ValueError(f"verifier {self.pool.spec!r} failed to start in a worker: {detail}")
+                elif kind == "done":
+                    for task_id, verdicts in zip(w.queue, detail):
+                        done += self.finish(task_id, [Verdict(*v) for v in verdicts])
+                    w.queue = []
+        except (EOFError, OSError):
+            is_open = False
+        return done, is_open
+
+    def replace(self, k: int, verdict: Verdict | None) -> int:
+        """Start a new worker in place of dead worker k. Its current item gets `verdict` (or,
+        with None, goes back in line); the rest of its chunk goes back in line, to be
+        verified again (the dead worker's finished items were never reported)."""
+        workers = self.pool._pool
+        w = workers[k]
+        w.stop()
+        workers[k] = self.pool._start()
+        if not w.queue:
+            return 0
+        pos, _ = w.current()  # the dead worker's last word
+        task_id = w.queue[pos]
+        rest = w.queue[:pos] + w.queue[pos + 1 :]
+        self.pending.extendleft(reversed(w.queue if verdict is None else rest))
+        return 0 if verdict is None else self.finish(task_id, [verdict] * self.tasks[task_id][2])
+
+    def hand_out(self, now: float) -> None:
+        """Give each idle worker a chunk: about an even share of what is left, capped in samples and characters."""
+        for w in self.pool._pool:
+            if not (w.ready and not w.queue and self.pending):
+                continue
+            size = max(1, min(MAX_CHUNK, self.left // (2 * len(self.pool._pool))))  # in samples
+            chunk = [self.pending.popleft()]
+            samples, chars = self.tasks[chunk[0]][2], self.text_size(chunk[0])
+            while self.pending and samples + self.tasks[self.pending[0]][2] <= size and chars < MAX_CHUNK_CHARS:
+                samples += self.tasks[self.pending[0]][2]
+                chars += self.text_size(self.pending[0])
+                chunk.append(self.pending.popleft())
+            w.queue = chunk
+            w.sent_at = now
+            try:
+                w.conn.send([(t, self.jobs[self.tasks[t][0]][0],
+                              self.jobs[self.tasks[t][0]][1][self.tasks[t][1] : self.tasks[t][1] + self.tasks[t][2]])
+                             for t in chunk])
+            except OSError:  # died while idle: nothing was started, so nothing is lost
+                self.pending.extendleft(reversed(w.queue))
+                w.queue = []
+
+    def tend(self, k: int, w: _Worker) -> int:
+        """Collect worker k's results; replace it if it died or overran its item's deadline."""
+        alive = w.proc.is_alive()  # checked first: a dead worker's messages are all in its pipe
+        done, pipe_open = self.collect(w)
+        if not (alive and pipe_open):
+            w.proc.join(1.0)
+            done += self.collect(w)[0]  # a chunk finished between the check and its death
+            if not w.ready:
+                raise RuntimeError(f"verifier worker exited before it was ready ({_death(w.proc.exitcode)}); "
+                                   f"see its traceback above (memory_limit_mb={self.pool.memory_limit_mb})")
+            return done + self.replace(k, Verdict("error", 0.0, None, _death(w.proc.exitcode)))
+        if w.queue and time.monotonic() >= self.deadline(w):
+            w.proc.kill()
+            w.proc.join()
+            done += self.collect(w)[0]  # it may have finished the chunk just before the kill
+            if w.queue and time.monotonic() >= self.deadline(w):
+                pos, _ = w.current()
+                return done + self.replace(k, Verdict("timeout", 0.0, None, f"verification exceeded {self.limit(w.queue[pos])} s"))
+            return done + self.replace(k, None)  # it had moved on to an item with time left: nothing overran
+        if not w.ready and time.monotonic() >= w.started + START_TIMEOUT_S:
+            raise RuntimeError(f"verifier worker not ready after {START_TIMEOUT_S:.0f} s")
+        return done
+
+    def run(self, progress: Callable[[int], None] | None) -> list[list[Verdict]]:
+        workers = self.pool._pool
+        while len(workers) < min(self.pool.workers, len(self.tasks)):
+            workers.append(self.pool._start())
+        while self.left:
+            now = time.monotonic()
+            self.hand_out(now)
+            deadlines = [self.deadline(w) for w in workers if w.queue]
+            deadlines += [w.started + START_TIMEOUT_S for w in workers if not w.ready]
+            timeout = max(0.0, min(deadlines) - now) if deadlines else None
+            wait([w.conn for w in workers] + [w.proc.sentinel for w in workers], timeout)
+            done = sum(self.tend(k, w) for k, w in enumerate(list(workers)))
+            if done:
+                self.left -= done
+                if progress is not None:
+                    progress(done)
+        return self.results  # type: ignore[return-value]
 
 
 def time_limit_problem(verifier: Verifier, timeout_s: float) -> str | None:
