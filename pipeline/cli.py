@@ -2,21 +2,82 @@
 
 Exit status 0 only when the stage or run completed; otherwise a one-line reason on stderr
 and a non-zero status (2 for a usage or config problem, 1 for anything else).
+
+The terminal gets our own summaries (stdout) and errors; what libraries log or warn goes to
+`<run dir>/logs/<command>.log` (pipeline/logs.py), with one line saying where. `-v` shows
+library warnings on the terminal as well, `-q` leaves only errors and the final funnel.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
 import json
+import os
 import sys
 import time
+import types
+import typing
 from pathlib import Path
 
-from selfimprove.pipeline.config import ConfigError, load_config
-from selfimprove.pipeline.stages import STAGES, InvariantError, reader, run_stage, stage_dir
+from selfimprove.pipeline import logs
+from selfimprove.pipeline.config import Config, ConfigError, load_config
+from selfimprove.pipeline.stages import OUTPUT, STAGES, InvariantError, reader, run_stage, stage_dir
 from selfimprove.pipeline.store import StoreError, run_lock
 
 DATA_STAGES = STAGES[: STAGES.index("export") + 1]  # what `selfimprove run` does: the data, no training
+NO_RUN_LOGS = Path("data/logs")  # library output of commands without a run directory (model, verifiers)
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("selfimprove")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def stage_reads_writes(stage: str) -> tuple[str, str]:
+    """What a stage reads and writes, from the stage order and runs.OUTPUT."""
+    i = STAGES.index(stage)
+    writes = f"<run dir>/iter-K/{OUTPUT[stage]}/"
+    if i == 0:
+        reads = "the task's problems (task.name, task.path; generated for arithmetic)"
+    else:
+        before = STAGES[i - 1]
+        reads = f"<run dir>/iter-K/{OUTPUT[before]}/ ({before}'s output)"
+        if stage == "evaluate":
+            reads += " and held-out problems (evaluate.task); --iter 0: the base model (model.path)"
+    return reads, writes
+
+
+def _stage_help(stage: str) -> tuple[str, str]:
+    reads, writes = stage_reads_writes(stage)
+    i = STAGES.index(stage)
+    after = f" Then: selfimprove {STAGES[i + 1]}." if i + 1 < len(STAGES) else ""
+    short = f"reads {reads.split(' (')[0]}, writes {writes}"
+    long = (f"The {stage} stage. Reads {reads}; writes {writes} (part-NNNNN.parquet shards, _manifest.json, "
+            f"_rejects.parquet, _SUCCESS last). <run dir> is run.dir (default data/runs/<config name>), K is --iter."
+            f"{after}")
+    return short, long
+
+
+def _verbosity_flags() -> argparse.ArgumentParser:
+    """-v/-q, accepted before or after the subcommand."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                   help="show library output (vLLM, torch, warnings) on the terminal too; -vv adds its info lines")
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="print only errors and the final funnel (stage summaries go to the log file)")
+    return p
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """-1 for -q, 0 by default, the number of -v otherwise."""
+    v, q = getattr(args, "verbose", 0), getattr(args, "quiet", False)
+    if v and q:
+        raise ConfigError("-v and -q: choose one")
+    return -1 if q else v
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -28,22 +89,44 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selfimprove", description=__doc__.splitlines()[0])
+    flags = _verbosity_flags()
+    parser = argparse.ArgumentParser(
+        prog="selfimprove", description=__doc__.splitlines()[0], parents=[flags],
+        epilog="Library output (vLLM, torch, transformers, warnings) goes to <run dir>/logs/<command>.log.")
+    parser.add_argument("--version", action="version", version=f"selfimprove {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="run the data stages of one iteration (prepare ... export), then print the funnel")
+
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[flags], **kwargs)
+
+    p = add("run", help="run the data stages of one iteration (prepare ... export), then print the funnel",
+            description=f"The data stages of one iteration, {' -> '.join(DATA_STAGES)}: reads "
+                        f"{stage_reads_writes(DATA_STAGES[0])[0]}; writes "
+                        f"{', '.join(f'<run dir>/iter-K/{OUTPUT[s]}/' for s in DATA_STAGES)}; then prints the funnel. "
+                        f"Finished stages are kept (resume); library output goes to <run dir>/logs/run.log.")
     _common(p)
     for stage in STAGES:
-        _common(sub.add_parser(stage, help=f"run the {stage} stage"))
-    p = sub.add_parser("status", help="every iteration's stages: done, stale, partial or missing, with counts")
+        short, long = _stage_help(stage)
+        _common(add(stage, help=short, description=long))
+    p = add("status", help="every iteration's stages: done, stale, partial or missing, with counts")
     _common(p)
     p.add_argument("--check", action="store_true",
                    help="also check every finished stage against its manifest, journal and checksums (reads every shard)")
-    p = sub.add_parser("report", help="write <run dir>/report.md with plots from every iteration so far")
+    p = add("report", help="write <run dir>/report.md with plots from every iteration so far")
     _common(p)
-    p = sub.add_parser("verifiers", help="list verifiers, or measure one on labelled cases")
+    p = add("config", help="the effective config as YAML, or every config field with its default and meaning")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    c = csub.add_parser("show", parents=[flags], help="the effective config (file, defaults and --set) as YAML",
+                        description="Print the effective config as YAML: the file's values, every default and the "
+                                    "--set overrides applied. `selfimprove run --config` reads it back unchanged.")
+    c.add_argument("--config", default=None, help="run config YAML (default: built-in defaults)")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config field, e.g. --set sample.n=8 (repeatable)")
+    csub.add_parser("fields", parents=[flags], help="every field: section.key, type, default, description")
+    p = add("verifiers", help="list verifiers, or measure one on labelled cases")
     vsub = p.add_subparsers(dest="verifiers_command", required=True)
-    vsub.add_parser("list", help="every verifier found, and where from")
-    c = vsub.add_parser("check", help="accuracy, precision and recall on a labelled JSONL file")
+    vsub.add_parser("list", parents=[flags], help="every verifier found, and where from")
+    c = vsub.add_parser("check", parents=[flags], help="accuracy, precision and recall on a labelled JSONL file")
     c.add_argument("--verifier", required=True, help="a registered name or package.module:Class")
     c.add_argument("--cases", required=True, help="JSONL, one case a line: {gold, pred, expected}, or {problem, gold_answer, "
                    "model_output, label} where a row may carry metadata (the problem's metadata, e.g. the unit tests "
@@ -52,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", type=int, default=0)
     c.add_argument("--timeout", type=float, default=5.0, help="hard limit per item, seconds")
     c.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
-    p = sub.add_parser("model", help="prepare a model")
+    p = add("model", help="prepare a model")
     p.add_argument("which", choices=["default"], help="default: convert the packaged SmolLM2-135M-Instruct once")
     p.add_argument("--target", default=None, help="output directory (default data/models/smollm2-135m-instruct)")
     return parser
@@ -128,45 +211,91 @@ def verifiers_command(args) -> int:
     return 0
 
 
+def config_yaml(cfg: Config) -> str:
+    """The effective config as YAML that load_config reads back to the same config."""
+    import yaml
+
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True, width=100)
+
+
+def _type_name(annotation) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in args)}]"
+    if annotation is type(None):
+        return "null"
+    if annotation is typing.Any:
+        return "any"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _models_in(annotation) -> list[type]:
+    """The config sections an annotation holds directly (X or X | None), not inside lists."""
+    from pydantic import BaseModel
+
+    candidates = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    return [a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)]
+
+
+def config_fields(model: type = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(section.key, type, default, description) of every field, sections walked into."""
+    from pydantic import BaseModel
+
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{field.alias or name}"
+        sections = _models_in(field.annotation)
+        default = field.get_default(call_default_factory=True)
+        if sections and isinstance(default, BaseModel):  # a section that is always there: its fields only
+            rows += config_fields(sections[0], key + ".")
+            continue
+        shown = "(required)" if field.is_required() else json.dumps(default, default=str)
+        rows.append((key, _type_name(field.annotation), shown, field.description or ""))
+        for section in sections:  # optional sections (null by default): their fields when given
+            rows += config_fields(section, key + ".")
+    return rows
+
+
+def config_command(args) -> int:
+    if args.config_command == "show":
+        print(config_yaml(load_config(args.config, args.overrides)), end="")
+        return 0
+    rows = config_fields()
+    wk, wt = (max(len(r[i]) for r in rows) for i in (0, 1))
+    for key, kind, default, description in rows:
+        print(f"{key:<{wk}}  {kind:<{wt}}  {default}  {description}".rstrip())
+    return 0
+
+
+def log_file(args, cfg: Config | None) -> Path:
+    """Where a command's library output goes: <run dir>/logs/<command>.log."""
+    return (cfg.run_dir / "logs" if cfg is not None else NO_RUN_LOGS) / f"{args.command}.log"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    capture: logs.Capture | None = None
     try:
-        if args.command == "model":
-            from selfimprove.pipeline.model import ensure_default_model
-
-            kwargs = {"target": args.target} if args.target else {}
-            print(ensure_default_model(**kwargs))
-            return 0
-        if args.command == "verifiers":
-            return verifiers_command(args)
-        cfg = load_config(args.config, args.overrides)
-        if args.command == "status":
-            damaged = status(cfg, args.config, check=args.check)
-            return 1 if damaged else 0
-        if args.command == "report":
-            from selfimprove.pipeline.stages.report import run as report
-
-            report(cfg)
-            return 0
-        if args.iteration < (0 if args.command == "evaluate" else 1):
-            raise ConfigError("--iter must be 1 or more (0, the base model, only for evaluate)")
-        started = time.time()
-        stages = DATA_STAGES if args.command == "run" else [args.command]
-        manifest = None
-        with run_lock(cfg.run_dir):  # one command per run directory at a time
-            for stage in stages:
-                manifest = run_stage(stage, cfg, args.iteration, force=args.force)
-        if stages[-1] == "export" and manifest is not None:
-            from selfimprove.pipeline.stages.export import print_funnel
-
-            print_funnel(manifest)
-            print(f"\nexport: {stage_dir(cfg, args.iteration, 'export')}  ({time.time() - started:.0f} s)")
-        return 0
+        level = verbosity(args)
+        if args.command == "config":
+            return config_command(args)
+        cfg = load_config(args.config, args.overrides) if hasattr(args, "overrides") else None
+        capture = logs.Capture(log_file(args, cfg), level, " ".join(sys.argv[1:] if argv is None else argv))
+        with capture:
+            return _command(args, cfg, capture)
     except ConfigError as e:
         print(f"selfimprove: {e}", file=sys.stderr)
         return 2
     except (StoreError, InvariantError, ValueError, FileNotFoundError) as e:
         print(f"selfimprove: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `selfimprove config fields | head`: the reader has all it wants
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise (signal docs)
         return 1
     except OSError as e:  # a full disk, a permission: nothing half-written is kept
         print(f"selfimprove: error: {e}; fix that, then rerun the same command (finished shards are kept)", file=sys.stderr)
@@ -174,6 +303,44 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("selfimprove: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if capture is not None:
+            capture.where()  # last, after any error: the log may say more
+
+
+def _command(args, cfg: Config | None, capture: logs.Capture) -> int:
+    if args.command == "model":
+        from selfimprove.pipeline.model import ensure_default_model
+
+        kwargs = {"target": args.target} if args.target else {}
+        print(ensure_default_model(**kwargs))
+        return 0
+    if args.command == "verifiers":
+        return verifiers_command(args)
+    if args.command == "status":
+        damaged = status(cfg, args.config, check=args.check)
+        return 1 if damaged else 0
+    if args.command == "report":
+        from selfimprove.pipeline.stages.report import run as report
+
+        report(cfg)
+        return 0
+    if args.iteration < (0 if args.command == "evaluate" else 1):
+        raise ConfigError("--iter must be 1 or more (0, the base model, only for evaluate)")
+    started = time.time()
+    stages = DATA_STAGES if args.command == "run" else [args.command]
+    manifest = None
+    with run_lock(cfg.run_dir):  # one command per run directory at a time
+        for stage in stages:
+            with capture.stage(stage):
+                manifest = run_stage(stage, cfg, args.iteration, force=args.force)
+    if stages[-1] == "export" and manifest is not None:
+        from selfimprove.pipeline.stages.export import print_funnel
+
+        print_funnel(manifest)
+        with capture.stage("export"):  # with -q: to the log file, like the stage summaries
+            print(f"\nexport: {stage_dir(cfg, args.iteration, 'export')}  ({time.time() - started:.0f} s)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from selfimprove.pipeline import logs
 from selfimprove.pipeline.config import Config
 from selfimprove.pipeline.engines.base import Completion, Engine, Request, Result, SamplingParams
 from selfimprove.pipeline.hardware import cpu_dtype
@@ -94,6 +95,7 @@ class VLLMEngine(Engine):
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         self.cpu = is_cpu_build()
+        logs.route_vllm()  # vLLM's logger, here and in its worker processes, to the command's log file
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # our own summaries say what matters
         if self.cpu:
             _cpu_environment()
@@ -103,7 +105,7 @@ class VLLMEngine(Engine):
 
         dtype, why = engine_dtype(cfg.model.dtype, self.cpu)
         print(f"vllm: {kwargs['model']} in {dtype} ({why})", flush=True)
-        self.llm = LLM(**kwargs)
+        self.llm = LLM(**kwargs, use_tqdm_on_load=logs.show_library_progress())
         self.tokenizer = self.llm.get_tokenizer()
 
     def supports_request_seed(self) -> bool:

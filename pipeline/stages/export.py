@@ -365,18 +365,29 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
 def export_stats(cfg: Config, iteration: int, stages: dict, plan: Plan, rows: dict, over_share: int, hinted_exported: int) -> dict:
     """stats.json: the funnel, verdicts, rows per config and split, every problem's pass rate."""
     hinted = stages["rationalize"]
-    hinted_correct = sum(t["status"].to_pylist().count("correct") for _, t in hinted.iter_shards(columns=["status"]))
+    hinted_correct, hinted_problems = 0, set()
+    for _, t in hinted.iter_shards(columns=["problem_id", "status"]):
+        hinted_correct += t["status"].to_pylist().count("correct")
+        hinted_problems.update(t["problem_id"].to_pylist())
+    hinted_kept = sum(sum(bool(v) for v in t["rationalized"].to_pylist())
+                      for _, t in stages["dedup"].iter_shards(columns=["rationalized"]))
+    exported = sum(rows["sft"].values())
     funnel = {
         "problems": stages["prepare"].rows,
         "rejected_inputs": stages["prepare"].manifest["rejects"],
         "samples": stages["sample"].rows,
         "correct": plan.statuses.get("correct", 0),
         "kept": stages["dedup"].rows,
-        "exported": sum(rows["sft"].values()),
+        "exported": exported,
         "rationalized_samples": hinted.rows,
         "rationalized_correct": hinted_correct,
         "rationalized_exported": hinted_exported,
         "rationalized_over_share": over_share,
+        # first-round rows and rationalized ones apart ("kept" and "exported" above count both)
+        "first_round_kept": stages["dedup"].rows - hinted_kept,
+        "first_round_exported": exported - hinted_exported,
+        "rationalized_problems": len(hinted_problems),
+        "rationalized_kept": hinted_kept,
     }
     rates = plan.rates
     return {
@@ -393,16 +404,40 @@ def export_stats(cfg: Config, iteration: int, stages: dict, plan: Plan, rows: di
 
 
 def print_funnel(manifest: dict) -> None:
+    """The funnel as a table: first-round rows and rationalized rows (sampled again with the gold
+    answer as a hint) in columns of their own, each share a share of its own column's samples."""
     f = manifest["stats"]["funnel"]
-    steps = [("problems", f["problems"]), ("samples", f["samples"]), ("correct", f["correct"]),
-             ("kept", f["kept"]), ("exported", f["exported"])]
-    width = max(len(k) for k, _ in steps)
+    hinted_exported = f.get("rationalized_exported", 0)
+    hinted_kept = f.get("rationalized_kept", hinted_exported)  # stats of an older export: every kept row is exported
+    first = {"problems": f["problems"], "samples": f["samples"], "correct": f["correct"],
+             "kept": f.get("first_round_kept", f["kept"] - hinted_kept),
+             "exported": f.get("first_round_exported", f["exported"] - hinted_exported)}
+    hinted = {"problems": f.get("rationalized_problems"), "samples": f.get("rationalized_samples", 0),
+              "correct": f.get("rationalized_correct", 0), "kept": hinted_kept, "exported": hinted_exported}
+    columns = [("first round", first)]
+    if hinted["samples"]:
+        total = {"problems": f["problems"], "samples": first["samples"] + hinted["samples"],
+                 "correct": first["correct"] + hinted["correct"], "kept": f["kept"], "exported": f["exported"]}
+        columns += [("rationalized", hinted), ("total", total)]
+    steps = list(first)
+    width = max(map(len, steps))
+
+    def cell(name: str, values: dict, step: str) -> str:
+        v, count = values[step], max(len(name) + 3, 9)
+        if name == "total":
+            return f"{v:>{count}}"
+        shared = step not in ("problems", "samples") and v is not None and values["samples"]
+        return f"{'-' if v is None else v:>{count}}" + (f" {v / values['samples']:6.1%}" if shared else " " * 7)
+
     print("\nfunnel")
-    for k, v in steps:
-        share = f"  {v / f['samples']:6.1%} of samples" if f["samples"] and k not in ("problems", "samples") else ""
-        print(f"  {k:<{width}}  {v:>8}{share}")
-    if f.get("rationalized_exported"):
-        print(f"  ({f['rationalized_exported']} exported rows are rationalizations, sampled with the answer as a hint)")
+    print(f"  {'':<{width}}" + "".join(f"{name:>{max(len(name) + 3, 9)}}" + ("" if name == "total" else " " * 7)
+                                       for name, _ in columns).rstrip())
+    for step in steps:
+        print((f"  {step:<{width}}" + "".join(cell(name, values, step) for name, values in columns)).rstrip())
+    if hinted["samples"]:
+        print("  (% of the column's samples; rationalized: unsolved problems sampled again with the answer as a hint)")
+    else:
+        print("  (% of samples; no rationalized rows)")
     if f.get("rationalized_over_share"):
         print(f"  ({f['rationalized_over_share']} rationalizations left out by rationalize.max_share)")
     if f["rejected_inputs"]:
