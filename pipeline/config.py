@@ -135,6 +135,8 @@ class TaskConfig(Strict):
 
 class ModelConfig(Strict):
     path: str = Field(DEFAULT_MODEL_DIR, description="HF model directory or hub id")
+    revision: str | None = Field(None, description="for a hub id: the branch, tag or commit to load (pin it, "
+                                 "and it is part of every fingerprint: a new revision re-samples)")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: on CPU bfloat16 where the processor has native bfloat16 instructions "
         "(avx512_bf16, amx_bf16), else float32 (bfloat16 is emulated and slower there); the model's own dtype on GPU")

@@ -143,3 +143,16 @@ def test_a_directory_the_train_stage_wrote_is_identified_by_its_recorded_hash(tm
     (d / "_manifest.json").write_text(json.dumps({"stage": "train", "stats": {"model_hash": "abc123"}}))
     assert model.model_identity(str(d)) == {"trained": "abc123"}
     assert hashed == [], "the train stage hashed its files when it wrote them"
+
+
+def test_a_pinned_hub_revision_is_part_of_the_sample_fingerprint():
+    from selfimprove.pipeline.config import load_config
+    from selfimprove.pipeline.engines.vllm import llm_kwargs
+    from selfimprove.pipeline.generation import sampling_fingerprint
+
+    base = ["model.path=org/some-model", "sample.engine=openai"]
+    a = sampling_fingerprint(load_config(None, base + ["model.revision=v1"]), 1, "x")
+    b = sampling_fingerprint(load_config(None, base + ["model.revision=v2"]), 1, "x")
+    assert a["model"]["revision"] == "v1" and a != b
+    cfg = load_config(None, ["model.path=org/some-model", "model.revision=abc123"])
+    assert llm_kwargs(cfg)["revision"] == "abc123"

@@ -84,6 +84,8 @@ def llm_kwargs(cfg: Config) -> dict:
         enforce_eager=m.enforce_eager,
         tensor_parallel_size=m.tensor_parallel_size,
     )
+    if m.revision is not None:
+        kwargs["revision"] = m.revision
     if not is_cpu_build():
         kwargs["gpu_memory_utilization"] = m.gpu_memory_utilization
     return kwargs
