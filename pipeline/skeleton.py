@@ -66,11 +66,19 @@ class MappedStage:
         """Each shard of `names` worked on, yielded as soon as it is done (any order)."""
         raise NotImplementedError
 
+    engine = None  # what `work` holds, if anything: a generation engine and a verifier pool,
+    pool = None    # closed by `close` wherever the work ran
+
     def open(self) -> None:
         pass
 
     def close(self) -> None:
-        pass
+        if self.pool is not None:
+            self.pool.__exit__(None, None, None)
+            self.pool = None
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
     def check_shard(self, name: str, out: ShardOutput) -> None:
         pass

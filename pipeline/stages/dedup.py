@@ -107,13 +107,10 @@ def _read_inputs(sources: list[StageReader], name: str) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
 
-def _questions(cfg: Config, iteration: int, name: str) -> dict[str, str] | None:
+def _questions(problems: StageReader | None, name: str) -> dict[str, str] | None:
     """The shard's questions by problem id (None where the problems are not there: rules then read
     the question from each row's prompt)."""
-    if not (stage_dir(cfg, iteration, "prepare") / SUCCESS).exists():
-        return None
-    problems = reader(cfg, iteration, "prepare")
-    if not any(s["file"] == name for s in problems.shards):
+    if problems is None or not any(s["file"] == name for s in problems.shards):
         return None
     t = problems.read_shard(name, columns=["problem_id", "question"])
     return dict(zip(t.column("problem_id").to_pylist(), t.column("question").to_pylist()))
@@ -157,6 +154,8 @@ class DedupStage(MappedStage):
         self.trim = trim_methods(cfg)
         self.share = cfg.rationalize.max_share if cfg.rationalize.enabled else None
         self.input_rows = sum(s.rows for s in self.sources)
+        prepared = (stage_dir(cfg, iteration, "prepare") / SUCCESS).exists()
+        self.problems = reader(cfg, iteration, "prepare") if prepared else None  # opened once, not per shard
         self.report: dict = {}
 
     def fingerprint(self) -> dict:
@@ -183,7 +182,7 @@ class DedupStage(MappedStage):
             table = _read_inputs(self.sources, name)
             if self.trim:
                 table = trimmed(table, self.trim)
-            questions = _questions(self.cfg, self.iteration, name) if self.ctx.eval_index or dc.require_work else None
+            questions = _questions(self.problems, name) if self.ctx.eval_index or dc.require_work else None
             s = select_rows(table, dc, self.cfg.run.seed, questions, self.ctx, max_rationalized_share=self.share)
             check(s.kept.num_rows == table.num_rows - sum(s.removed.values()) + s.repeated,
                   f"dedup {name}: {s.kept.num_rows} kept != {table.num_rows} input rows"

@@ -237,7 +237,6 @@ class EvaluateStage(MappedStage):
         pk = ev.pass_at_k
         self.sampled = None if pk is None else SamplingParams.of(cfg.sample, n=pk.n, temperature=pk.temperature,
                                                                  top_p=pk.top_p, max_tokens=ev.max_tokens)
-        self.engine = self.pool = None
         self.result: dict = {}
 
     def fingerprint(self) -> dict:
@@ -249,14 +248,6 @@ class EvaluateStage(MappedStage):
     def open(self) -> None:
         self.engine = load_engine(self.engine_cfg)
         self.pool = open_pool(self.cfg).__enter__()
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.__exit__(None, None, None)
-            self.pool = None
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
 
     def work(self, names: list[str]) -> Iterator[tuple[str, ShardOutput]]:
         """All pending shards go to the engine at once (generate_shards keeps its batch full across

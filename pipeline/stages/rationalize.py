@@ -74,7 +74,6 @@ class RationalizeStage(MappedStage):
         self.scfg = sampling_config(cfg, iteration)
         self.n = cfg.rationalize.n or cfg.sample.n
         self.counts: Counter = Counter()
-        self.engine = self.pool = None
 
     def fingerprint(self) -> dict:
         r = self.cfg.rationalize
@@ -84,14 +83,6 @@ class RationalizeStage(MappedStage):
             parts.update({k: v for k, v in sampling.items() if k != "input"}, problems=self.problems.output_hash,
                          verifier=build_verifier(self.cfg).fingerprint())
         return parts
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.__exit__(None, None, None)
-            self.pool = None
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
 
     def work(self, names: list[str]) -> Iterator[tuple[str, ShardOutput]]:
         by_shard: dict[str, tuple[dict, list[str]]] = {}

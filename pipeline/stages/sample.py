@@ -30,7 +30,6 @@ class SampleStage(MappedStage):
 
     def __init__(self, cfg: Config, iteration: int):
         super().__init__(sampling_config(cfg, iteration), iteration)
-        self.engine = None
         self.per_request = False
 
     def fingerprint(self) -> dict:
@@ -39,11 +38,6 @@ class SampleStage(MappedStage):
     def open(self) -> None:
         self.engine = load_engine(self.cfg)
         self.per_request = use_request_seed(self.cfg, self.engine)
-
-    def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
 
     def work(self, names: list[str]) -> Iterator[tuple[str, ShardOutput]]:
         """Shards handed to the engine lazily (`Engine.generate_shards` keeps it fed across them)."""
