@@ -1,4 +1,4 @@
-"""The one skeleton of a stage that maps its input stage's shards to shards of its own.
+"""The one skeleton of a stage that turns its input stage's shards into shards of its own.
 
 A stage declares what it reads (`source`), its fingerprint and a per-shard function (`work`);
 `run_mapped` owns everything else: opening the stage directory, skipping finished shards,
@@ -31,7 +31,8 @@ class ShardOutput:
 
 
 class MappedStage:
-    """A stage whose output shards are its input's shards, one to one, by name.
+    """A stage whose output shards are, by default, its input's shards one to one by name (a stage
+    that regroups rows, like export, names its own in `shard_names` and yields them from `work`).
 
     Subclasses set `name` and `source` and implement `fingerprint` and `work`; they may check
     each shard (`check_shard`), the totals (`check_total`), and say what goes into the manifest
@@ -56,6 +57,7 @@ class MappedStage:
         raise NotImplementedError
 
     def shard_names(self) -> list[str]:
+        """Every output shard of the finished stage (called once, before the work)."""
         return [s["file"] for s in self.input.shards]
 
     def todo(self, names: list[str], writer) -> list[str]:

@@ -14,9 +14,10 @@ Rows are split by problem id, the same problems in every config (none sits in bo
 Shards are named `<config>-<split>-00000-of-00002.parquet`; the card's YAML `configs` lets
 `datasets.load_dataset(export_dir)` load `sft` and `load_dataset(export_dir, "preference")`
 the others. Inputs are sharded by problem id, so each input shard holds every sample of its
-problems: a first pass counts each config's rows (shard names carry the count), a second writes
-them. `stats.json` holds the funnel and every problem's pass rate; `config.yaml` the effective
-config; README.md the card (sources, licenses, model, verifier, funnel, code version).
+problems: a first pass counts each config's rows (shard names carry the count), a second streams
+them to the stage skeleton as each shard fills. `stats.json` holds the funnel and every problem's
+pass rate; `config.yaml` the effective config; README.md the card (sources, licenses, model,
+verifier, funnel, code version).
 """
 
 from __future__ import annotations
@@ -24,16 +25,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import pyarrow as pa
 
 from selfimprove.pipeline import card as export_card
 from selfimprove.pipeline import schema
 from selfimprove.pipeline.config import Config, digest
-from selfimprove.pipeline.stages import check, open_writer, reader, summary, up_to_date
+from selfimprove.pipeline.runs import check, reader, stage_dir
+from selfimprove.pipeline.skeleton import MappedStage, ShardOutput, run_mapped
 from selfimprove.pipeline.store import atomic_write_bytes, atomic_write_json
 from selfimprove.pipeline.verification import verifier_spec
 from selfimprove.verifiers.extract import METHODS, trim_after_answer
@@ -225,61 +227,60 @@ def count_rows(inp: Inputs) -> Plan:
 
 
 class Sinks:
-    """Each config's splits as shards of `rows_per_shard` rows, committed as they fill.
+    """Each config's splits cut into shards of `rows_per_shard` rows, each handed back as it fills.
 
     The shard being filled is held as Arrow tables of ARROW_BATCH rows, a fraction of the memory
     of Python dicts. Content is deterministic, so a resumed export keeps its committed shards.
     """
 
-    def __init__(self, writer, plan: Plan, rows_per_shard: int):
-        self.writer, self.per_shard = writer, rows_per_shard
-        keys = [(c, s) for c in CONFIGS for s in SPLITS]
-        self.totals = {(c, s): math.ceil(plan.rows[c][s] / rows_per_shard) for c, s in keys}
-        self.buffers: dict = {k: [] for k in keys}
-        self.tables: dict = {k: [] for k in keys}
+    def __init__(self, plan: Plan, rows_per_shard: int):
+        self.per_shard = rows_per_shard
+        self.totals = planned_shards(plan, rows_per_shard)
+        self.buffers: dict = {k: [] for k in self.totals}
+        self.tables: dict = {k: [] for k in self.totals}
         self.filled = Counter()
         self.written = Counter()
 
-    def add(self, config: str, split: str, row: dict) -> None:
+    def add(self, config: str, split: str, row: dict) -> list[tuple[str, pa.Table]]:
+        """Take one row; the shard it filled, if it filled one."""
         key = (config, split)
         self.buffers[key].append(row)
         self.filled[key] += 1
         if len(self.buffers[key]) >= ARROW_BATCH:
             self.tables[key].append(schema.table(self.buffers[key], schema.EXPORT_SCHEMAS[config]))
             self.buffers[key] = []
-        if self.filled[key] >= self.per_shard:
-            self.flush(key)
+        return [self.cut(key)] if self.filled[key] >= self.per_shard else []
 
-    def flush(self, key: tuple[str, str]) -> None:
+    def cut(self, key: tuple[str, str]) -> tuple[str, pa.Table]:
         config, split = key
         name = shard_name(config, split, self.written[key], self.totals[key])
-        if not self.writer.is_done(name):
-            parts = self.tables[key] + [schema.table(self.buffers[key], schema.EXPORT_SCHEMAS[config])]
-            self.writer.write_shard(name, pa.concat_tables(parts).combine_chunks())
+        parts = self.tables[key] + [schema.table(self.buffers[key], schema.EXPORT_SCHEMAS[config])]
         self.written[key] += 1
         self.buffers[key], self.tables[key], self.filled[key] = [], [], 0
+        return name, pa.concat_tables(parts).combine_chunks()
 
-    def close(self) -> list[str]:
-        """Flush what is left; every shard name, config by config and split by split."""
-        for key in self.buffers:
-            if self.filled[key]:
-                self.flush(key)
+    def close(self) -> list[tuple[str, pa.Table]]:
+        """The shards left partly filled; checks every planned shard was cut."""
+        rest = [self.cut(key) for key in self.buffers if self.filled[key]]
         check(all(self.written[k] == self.totals[k] for k in self.totals),
-              f"export: wrote {dict(self.written)} shards, expected {self.totals}")
-        return [shard_name(c, s, i, self.totals[c, s]) for c, s in self.totals for i in range(self.totals[c, s])]
+              f"export: cut {dict(self.written)} shards, planned {self.totals}")
+        return rest
 
 
-def write_rows(inp: Inputs, sinks: Sinks) -> int:
-    """The second pass: every input shard's rows into the sinks; returns the rationalized sft rows."""
+def planned_shards(plan: Plan, rows_per_shard: int) -> dict[tuple[str, str], int]:
+    """Shards per (config, split): what the counting pass found, cut into rows_per_shard rows."""
+    return {(c, s): math.ceil(plan.rows[c][s] / rows_per_shard) for c in CONFIGS for s in SPLITS}
+
+
+def write_rows(inp: Inputs, sinks: Sinks) -> Iterator[tuple[str, pa.Table]]:
+    """The second pass: every input shard's rows into the sinks, each export shard as it fills."""
     cfg, it, task, methods = inp.cfg, inp.iteration, inp.cfg.task.name, trim_methods(inp.cfg)
     frac = cfg.export.validation_fraction
-    hinted = 0
     for shard in inp.selected.shards:
         name = shard["file"]
         chosen = defaultdict(list)
         for row in inp.kept_rows(name):
-            hinted += bool(row["rationalized"])
-            sinks.add("sft", split_of(row["problem_id"], frac), to_export_row(row, it, task))
+            yield from sinks.add("sft", split_of(row["problem_id"], frac), to_export_row(row, it, task))
             chosen[row["problem_id"]].append(row)
         if name not in inp.verified_files:
             continue
@@ -293,10 +294,11 @@ def write_rows(inp: Inputs, sinks: Sinks) -> int:
         for pid, samples, pairs in problems:
             split = split_of(pid, frac)
             for c, r in pairs:
-                sinks.add("preference", split, preference_row(c, {**full[r["pos"]], "text": r["text"]}, it, task))
-            sinks.add("prompts", split, prompts_row(full[samples[0]["pos"]], samples, inp.verifier,
-                                                    metadata.get(pid), it, task))
-    return hinted
+                yield from sinks.add("preference", split,
+                                     preference_row(c, {**full[r["pos"]], "text": r["text"]}, it, task))
+            yield from sinks.add("prompts", split, prompts_row(full[samples[0]["pos"]], samples, inp.verifier,
+                                                               metadata.get(pid), it, task))
+    yield from sinks.close()
 
 
 def _metadata(problems, name: str) -> dict[str, str]:
@@ -326,43 +328,73 @@ def fingerprint(cfg: Config, iteration: int, stages: dict) -> dict:
     }
 
 
-def run(cfg: Config, iteration: int, force: bool = False) -> dict:
-    started = time.time()
-    stages = {s: reader(cfg, iteration, s) for s in ("prepare", "sample", "verify", "rationalize", "dedup")}
-    with open_writer(cfg, iteration, "export", fingerprint(cfg, iteration, stages), force) as writer:
-        if writer.up_to_date:
-            return up_to_date("export", writer)
-        over_share = stages["dedup"].manifest.get("stats", {}).get("removed", {}).get("over_rationalized_share", 0)
-        judged = stages["verify"].manifest.get("fingerprint_parts", {}).get("verifier") or {}
+class ExportStage(MappedStage):
+    """Selected rows regrouped into configs and splits: the output shards are named by the
+    counting pass (config, split, count), not after the input's; the second pass streams every
+    row and hands each shard to the skeleton as it fills (a resumed export skips committed ones)."""
+
+    name, source = "export", "dedup"
+    no_output = "the second pass wrote no rows"
+
+    def __init__(self, cfg: Config, iteration: int):
+        super().__init__(cfg, iteration)
+        self.stages = {s: reader(cfg, iteration, s) for s in ("prepare", "sample", "verify", "rationalize")}
+        self.stages["dedup"] = self.input
+        judged = self.stages["verify"].manifest.get("fingerprint_parts", {}).get("verifier") or {}
         verifier = {"spec": verifier_spec(cfg), "params": judged.get("params", cfg.verify.params)}
-        inp = Inputs(cfg, iteration, stages["dedup"], stages["verify"], stages["prepare"], verifier)
-        plan = count_rows(inp)
-        sinks = Sinks(writer, plan, cfg.export.rows_per_shard)
-        hinted_exported = write_rows(inp, sinks)
-        names = sinks.close()
+        self.inputs = Inputs(cfg, iteration, self.input, self.stages["verify"], self.stages["prepare"], verifier)
+        self.plan: Plan | None = None
+        self.report: dict = {}
+
+    def fingerprint(self) -> dict:
+        return fingerprint(self.cfg, self.iteration, self.stages)
+
+    def shard_names(self) -> list[str]:
+        """The counting pass, then every shard it plans, config by config and split by split."""
+        self.plan = count_rows(self.inputs)
+        return [shard_name(c, s, i, n) for (c, s), n in planned_shards(self.plan, self.cfg.export.rows_per_shard).items()
+                for i in range(n)]
+
+    def work(self, names: list[str]) -> Iterator[tuple[str, ShardOutput]]:
+        wanted = set(names)
+        for name, table in write_rows(self.inputs, Sinks(self.plan, self.cfg.export.rows_per_shard)):
+            if name in wanted:
+                yield name, ShardOutput(table)
+
+    def check_total(self, writer, names: list[str]) -> None:
         rows = {c: {s: 0 for s in SPLITS} for c in CONFIGS}
         for n in names:
             config, split = schema.export_shard_of(n)
             rows[config][split] += writer.done[n]["rows"]
         exported = sum(rows["sft"].values())
-        check(exported == stages["dedup"].rows, f"export: {exported} rows exported != {stages['dedup'].rows} selected")
-        check(rows == {c: {s: plan.rows[c][s] for s in SPLITS} for c in CONFIGS},
-              f"export: wrote {rows} rows, counted {plan.rows}")
-        stats = export_stats(cfg, iteration, stages, plan, rows, over_share, hinted_exported)
+        check(exported == self.input.rows, f"export: {exported} rows exported != {self.input.rows} selected")
+        check(rows == {c: {s: self.plan.rows[c][s] for s in SPLITS} for c in CONFIGS},
+              f"export: wrote {rows} rows, counted {self.plan.rows}")
+        self.report = export_stats(self.cfg, self.stages, self.plan, rows)
+
+    def stats(self, writer, names: list[str]) -> dict:
+        """stats.json, the effective config and the dataset card beside the shards, before _SUCCESS."""
         content_hash = digest([writer.done[n]["sha256"] for n in names])[:16]
-        atomic_write_json(writer.path / "stats.json", stats)
-        atomic_write_bytes(writer.path / export_card.CONFIG_FILE, export_card.config_yaml(cfg).encode())
-        card = export_card.dataset_card(cfg, iteration, stats, stages["verify"].manifest.get("fingerprint_parts", {}),
-                                        content_hash)
+        atomic_write_json(writer.path / "stats.json", self.report)
+        atomic_write_bytes(writer.path / export_card.CONFIG_FILE, export_card.config_yaml(self.cfg).encode())
+        card = export_card.dataset_card(self.cfg, self.iteration, self.report,
+                                        self.stages["verify"].manifest.get("fingerprint_parts", {}), content_hash)
         atomic_write_bytes(writer.path / "README.md", card.encode())
-        manifest = writer.finish(names, stats={"funnel": stats["funnel"], "splits": stats["splits"], "configs": rows})
-    pairs, prompts = (sum(rows[c].values()) for c in ("preference", "prompts"))
-    summary("export", f"{exported} sft rows ({rows['sft']['train']} train, {rows['sft']['validation']} validation), "
-                      f"{pairs} preference pairs, {prompts} prompts in {writer.path}", started)
-    return manifest
+        return {k: self.report[k] for k in ("funnel", "splits", "configs")}
+
+    def summary(self, manifest: dict, resumed: int) -> str:
+        rows = manifest["stats"]["configs"]
+        pairs, prompts = (sum(rows[c].values()) for c in ("preference", "prompts"))
+        return (f"{sum(rows['sft'].values())} sft rows ({rows['sft']['train']} train, "
+                f"{rows['sft']['validation']} validation), {pairs} preference pairs, {prompts} prompts "
+                f"in {stage_dir(self.cfg, self.iteration, self.name)}")
 
 
-def export_stats(cfg: Config, iteration: int, stages: dict, plan: Plan, rows: dict, over_share: int, hinted_exported: int) -> dict:
+def run(cfg: Config, iteration: int, force: bool = False) -> dict:
+    return run_mapped(ExportStage(cfg, iteration), force)
+
+
+def export_stats(cfg: Config, stages: dict, plan: Plan, rows: dict) -> dict:
     """stats.json: the funnel, verdicts, rows per config and split, every problem's pass rate."""
     hinted = stages["rationalize"]
     hinted_correct, hinted_problems = 0, set()
@@ -372,6 +404,8 @@ def export_stats(cfg: Config, iteration: int, stages: dict, plan: Plan, rows: di
     hinted_kept = sum(sum(bool(v) for v in t["rationalized"].to_pylist())
                       for _, t in stages["dedup"].iter_shards(columns=["rationalized"]))
     exported = sum(rows["sft"].values())
+    hinted_exported = hinted_kept  # every selected row is exported (dedup applied the rationalized share)
+    over_share = stages["dedup"].manifest.get("stats", {}).get("removed", {}).get("over_rationalized_share", 0)
     funnel = {
         "problems": stages["prepare"].rows,
         "rejected_inputs": stages["prepare"].manifest["rejects"],
