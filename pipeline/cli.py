@@ -114,6 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also check every finished stage against its manifest, journal and checksums (reads every shard)")
     p = add("report", help="write <run dir>/report.md with plots from every iteration so far")
     _common(p)
+    p = add("push", help="upload <run dir>/iter-K/export/ to a dataset repository on the Hugging Face hub",
+            description="Reads <run dir>/iter-K/export/ (a finished export that passes its audit) and uploads, in one "
+                        "commit, every dataset shard, README.md (the card), config.yaml and stats.json to the root of "
+                        "the dataset repository --repo (created if missing), where `datasets.load_dataset(ORG/NAME)` "
+                        "loads them; never the store's own files (_SUCCESS, _manifest.json, .lock, ...). The hub is "
+                        "HF_ENDPOINT (default https://huggingface.co), the token HF_TOKEN (or `hf auth login`'s). "
+                        "Offline (HF_HUB_OFFLINE=1, no network) it fails at once and uploads nothing.")
+    p.add_argument("--config", default=None, help="run config YAML (default: built-in defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config field, e.g. --set run.dir=... (repeatable)")
+    p.add_argument("--iter", dest="iteration", type=int, default=1, help="iteration number (default 1)")
+    p.add_argument("--repo", required=True, metavar="ORG/NAME", help="the dataset repository on the hub")
+    p.add_argument("--private", action="store_true",
+                   help="create the repository private (an existing one keeps its visibility)")
+    p.add_argument("--revision", default=None, metavar="BRANCH",
+                   help="the branch to commit to (default main; created from main if missing)")
     p = add("config", help="the effective config as YAML, or every config field with its default and meaning")
     csub = p.add_subparsers(dest="config_command", required=True)
     c = csub.add_parser("show", parents=[flags], help="the effective config (file, defaults and --set) as YAML",
@@ -208,6 +224,25 @@ def verifiers_command(args) -> int:
     print(format_report(report))
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "examples"}))
+    return 0
+
+
+def push_command(args, cfg: Config) -> int:
+    from selfimprove.pipeline.hub import PushError, push
+
+    if args.iteration < 1:
+        raise ConfigError("--iter must be 1 or more")
+    try:
+        # the export cannot be rebuilt while it is read; a run directory that is not there is not made
+        with run_lock(cfg.run_dir) if cfg.run_dir.exists() else contextlib.nullcontext():
+            done = push(cfg, args.iteration, args.repo, private=args.private, revision=args.revision)
+    except PushError as e:
+        print(f"selfimprove: {e}", file=sys.stderr)
+        return 1
+    deleted = f", {len(done['deleted'])} stale shards deleted" if done["deleted"] else ""
+    print(f"push: {len(done['files'])} files of {done['export']} to {done['url']} ({done['revision']}{deleted})\n"
+          f"  commit {done['commit_url']}\n  datasets.load_dataset({args.repo!r}"
+          + (f", revision={args.revision!r})" if args.revision else ")"), flush=True)
     return 0
 
 
@@ -325,6 +360,8 @@ def _command(args, cfg: Config | None, capture: logs.Capture) -> int:
 
         report(cfg)
         return 0
+    if args.command == "push":
+        return push_command(args, cfg)
     if args.iteration < (0 if args.command == "evaluate" else 1):
         raise ConfigError("--iter must be 1 or more (0, the base model, only for evaluate)")
     started = time.time()
