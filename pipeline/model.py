@@ -109,6 +109,18 @@ def resolve_model_path(path: str) -> str:
     raise ValueError(f"model.path: {path} does not exist (give an HF model directory or a hub id)")
 
 
+def resolve_tokenizer_path(path: str) -> str:
+    """`model.tokenizer` -> a directory with tokenizer files, or a hub id."""
+    p = Path(path)
+    if p.exists():
+        if not (p / "tokenizer_config.json").exists() and not (p / "tokenizer.json").exists():
+            raise ValueError(f"model.tokenizer: {p} holds no tokenizer (no tokenizer_config.json or tokenizer.json)")
+        return str(p)
+    if path.count("/") == 1 and not path.startswith((".", "/")):
+        return path
+    raise ValueError(f"model.tokenizer: {path} does not exist (give a tokenizer directory or a hub id)")
+
+
 # -- identity -----------------------------------------------------------------------------------
 # Where content hashes of large model files are kept between calls, relative to the working
 # directory like DEFAULT_MODEL_DIR and vLLM's cache (data/cache/vllm).

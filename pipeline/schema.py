@@ -22,7 +22,8 @@ SAMPLES = pa.schema(
         ("problem_id", pa.string()),
         ("sample_idx", pa.int32()),
         ("prompt", pa.string()),  # JSON list of chat messages exactly as sent to the model
-        ("text", pa.string()),
+        ("text", pa.string()),  # the completion, after its thinking section if it has one
+        ("reasoning", pa.string()),  # a reasoning model's thinking section, verbatim with its tags (sample.think_tags)
         ("finish_reason", pa.string()),
         ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()),

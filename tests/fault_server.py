@@ -10,8 +10,10 @@ connection on the third, and an answer from the fourth on. Faults: 429 (with Ret
 nochoices (a 200 without choices).
 
 Server-wide modes: `n_mode` "ok" | "reject" (400 on n > 1, like llama.cpp) | "ignore" (one
-choice whatever n), `logprobs` on/off, `delay_s` per request, `api_key` (401 without it). Every
-request is logged in `.log` as (message, n, seed, outcome) for the tests to count.
+choice whatever n), `logprobs` on/off, `delay_s` per request, `api_key` (401 without it),
+`retry_after` (the Retry-After of a scripted 429 or 5xx). Every chat request is logged in `.log`
+as (message, n, seed, outcome) for the tests to count, and every request's method, path (a
+proxied one: the absolute URL) and headers in `.http`.
 """
 
 from __future__ import annotations
@@ -46,11 +48,13 @@ def answer(text: str, seed, index: int) -> str:
 
 class FaultServer:
     def __init__(self, n_mode: str = "ok", logprobs: bool = True, delay_s: float = 0.0, hang_s: float = 5.0,
-                 api_key: str | None = None, models: list[str] | None = None):
+                 api_key: str | None = None, models: list[str] | None = None, retry_after: str = "0"):
         self.n_mode, self.logprobs, self.delay_s, self.hang_s, self.api_key = n_mode, logprobs, delay_s, hang_s, api_key
+        self.retry_after = retry_after
         self.models = models or [MODEL]
         self.log: list[tuple[str, int, object, str]] = []
         self.bodies: list[dict] = []  # every request body as received
+        self.http: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers) of every request
         self.attempts: dict[str, int] = {}
         self.lock = threading.Lock()
         server = self
@@ -77,6 +81,7 @@ class FaultServer:
                 return True
 
             def do_GET(self):
+                server.http.append(("GET", self.path, {k.lower(): v for k, v in self.headers.items()}))
                 if not self._authorised():
                     return
                 if self.path == "/v1/models":
@@ -85,6 +90,7 @@ class FaultServer:
                     self._send(404, b'{"error": "not found"}')
 
             def do_POST(self):
+                server.http.append(("POST", self.path, {k.lower(): v for k, v in self.headers.items()}))
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 if not self._authorised():
                     return
@@ -100,7 +106,7 @@ class FaultServer:
                 if server.delay_s:
                     time.sleep(server.delay_s)
                 if fault in ("429", "500", "503", "400"):
-                    self._send(int(fault), json.dumps({"error": f"scripted {fault}"}).encode(), {"Retry-After": "0"})
+                    self._send(int(fault), json.dumps({"error": f"scripted {fault}"}).encode(), {"Retry-After": server.retry_after})
                 elif fault == "hang":
                     time.sleep(server.hang_s)
                     self.close_connection = True

@@ -1,5 +1,6 @@
 """The openai engine against a scripted fault server (tests/fault_server.py): every retry path,
-the persistent-error reject row, the `n` fallbacks, and the request journal across a killed run."""
+the persistent-error reject row, the `n` fallbacks, the request journal across a killed run, and
+what the `openai` client brings: headers, extra_body, a proxy from the environment."""
 
 import json
 import os
@@ -10,14 +11,24 @@ import time
 
 import pytest
 
-from selfimprove.pipeline.config import load_config
+from selfimprove.pipeline.config import ConfigError, load_config
 from selfimprove.pipeline.engines import Request, SamplingParams
 from selfimprove.pipeline.engines.openai import OpenAIEngine, ServerError
+from selfimprove.pipeline.generation import sampling_fingerprint
 from selfimprove.pipeline.stages import reader, run_stage, stage_dir
 from tests.conftest import ROOT, selfimprove, write_config
-from tests.fault_server import MODEL, FaultServer, answer
+from tests.fault_server import MODEL, FaultServer, answer, parse_faults
 
 FAST = {"timeout_s": 1.0, "max_retries": 3, "backoff_s": 0.01, "max_backoff_s": 0.05, "concurrency": 4}
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    """The client takes a proxy from the environment: the fault server on 127.0.0.1 is reached directly."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
 
 
 def _cfg(tmp_path, server: FaultServer, **server_cfg):
@@ -165,6 +176,173 @@ def test_journal_serves_finished_requests_and_ignores_stale_or_torn_lines(tmp_pa
         cfg.sample.temperature = 0.3
         results = OpenAIEngine(cfg).generate(_requests("a"), SamplingParams.of(cfg.sample))
         assert "stale" not in [c.text for c in results[0].completions]
+
+
+@pytest.mark.parametrize("fault, reason", [("429", "HTTP 429"), ("503", "HTTP 503"), ("drop", "connection error"),
+                                           ("hang", "timeout"), ("badjson", "malformed response")])
+def test_a_request_failing_every_attempt_becomes_an_error_with_the_reason(tmp_path, fault, reason):
+    with FaultServer(hang_s=2) as server:
+        cfg = _cfg(tmp_path, server, max_retries=2, timeout_s=0.5)
+        results = _generate(cfg, _requests(f"[fault:{fault}*99] doomed", "fine"))
+    assert results[0].completions == [] and reason in results[0].error and "3 attempts" in results[0].error
+    assert len(server.requests_for("doomed")) == 3
+    assert results[1].error is None and len(results[1].completions) == 3
+
+
+@pytest.mark.parametrize("faults, reason", [("500,badjson,429,badjson,500,500", "malformed response"),
+                                            ("badjson,badjson,500*9", "HTTP 500")])
+def test_one_budget_bounds_the_clients_retries_and_the_engines_together(tmp_path, faults, reason):
+    # 500 and 429 are retried by the client, a malformed 200 by the engine: max_retries=3 is 4 attempts in all
+    with FaultServer() as server:
+        cfg = _cfg(tmp_path, server)
+        results = _generate(cfg, _requests(f"[fault:{faults}] alternating"))
+    assert reason in results[0].error and "4 attempts" in results[0].error
+    assert [o for *_, o in server.requests_for("alternating")] == parse_faults(f"[fault:{faults}]")[:4]
+
+
+@pytest.mark.parametrize("retry_after, max_backoff_s, waits", [("0.4", 5.0, True), ("30", 0.05, False),
+                                                               ("300", 0.05, False)])
+def test_retry_after_is_honoured_up_to_max_backoff(tmp_path, retry_after, max_backoff_s, waits):
+    # 300 s is past the client's own limit (two minutes): it gives up, and the engine retries instead
+    with FaultServer(retry_after=retry_after) as server:
+        cfg = _cfg(tmp_path, server, max_backoff_s=max_backoff_s)
+        start = time.monotonic()
+        results = _generate(cfg, _requests("[fault:429*2] busy"), n=1)
+        waited = time.monotonic() - start
+    assert results[0].error is None and [o for *_, o in server.log] == ["429", "429", "ok"]
+    assert waited >= 0.8 if waits else waited < 5
+
+
+def test_retries_give_up_when_the_generation_ends(tmp_path):
+    with FaultServer() as server:
+        cfg = _cfg(tmp_path, server, max_retries=100, backoff_s=0.1, max_backoff_s=0.1)
+        engine = OpenAIEngine(cfg)
+        shards = [("part-00000.parquet", _requests("fine")), ("part-00001.parquet", _requests("[fault:500*999] stuck"))]
+        gen = engine.generate_shards(shards, SamplingParams.of(cfg.sample, n=1))
+        assert next(gen)[0] == "part-00000.parquet"
+        deadline = time.time() + 10
+        while time.time() < deadline and len(server.requests_for("stuck")) < 3:
+            time.sleep(0.02)
+        gen.close()  # the stage is done with it, a retrying request still in flight
+        time.sleep(0.5)
+        sent = len(server.requests_for("stuck"))
+        time.sleep(1.0)
+        assert len(server.requests_for("stuck")) == sent, "a stopped generation sends nothing more"
+        engine.close()
+
+
+def test_headers_go_with_every_request_and_no_authorization_without_a_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("SI_TEST_KEY", raising=False)
+    monkeypatch.setenv("SI_GATEWAY_TOKEN", "tok-123")
+    headers = {"X-Gateway-Route": "pool-a", "X-Gateway-Token": "Bearer ${SI_GATEWAY_TOKEN}"}
+    with FaultServer() as server:
+        cfg = _cfg(tmp_path, server, api_key_env="SI_TEST_KEY", headers=headers)
+        results = _generate(cfg, _requests("[fault:503] hello"))
+    assert results[0].error is None
+    assert [(method, path) for method, path, _ in server.http] == [
+        ("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/chat/completions")]
+    for _, _, received in server.http:  # retries included
+        assert received["x-gateway-route"] == "pool-a" and received["x-gateway-token"] == "Bearer tok-123"
+        assert "authorization" not in received, "no key set: no Authorization header, not even a placeholder"
+    assert "${SI_GATEWAY_TOKEN}" in json.dumps(cfg.model_dump(mode="json")), "the config holds the reference only"
+
+    monkeypatch.delenv("SI_GATEWAY_TOKEN")
+    with FaultServer() as server:
+        with pytest.raises(ServerError, match=r"sample.server.headers.X-Gateway-Token.*\$SI_GATEWAY_TOKEN"):
+            OpenAIEngine(_cfg(tmp_path, server, headers=headers))
+
+
+def test_an_api_key_or_an_authorization_header_is_sent(tmp_path, monkeypatch):
+    monkeypatch.setenv("SI_TEST_KEY", "secret")
+    with FaultServer(api_key="secret") as server:
+        _generate(_cfg(tmp_path, server, api_key_env="SI_TEST_KEY"), _requests("with key"))
+    assert {h["authorization"] for *_, h in server.http} == {"Bearer secret"}
+    monkeypatch.delenv("SI_TEST_KEY")
+    with FaultServer() as server:  # a gateway with an authorization scheme of its own
+        _generate(_cfg(tmp_path, server, api_key_env="SI_TEST_KEY", headers={"Authorization": "Basic Z3c6cHc="}),
+                  _requests("gateway"))
+    assert {h["authorization"] for *_, h in server.http} == {"Basic Z3c6cHc="}
+
+
+def test_extra_body_arrives_in_the_request_body_and_is_what_the_journal_hashes(tmp_path):
+    extra = {"repetition_penalty": 1.1, "structured_outputs": {"regex": "The answer is [0-9]+"}}
+    with FaultServer() as server:
+        cfg = _cfg(tmp_path, server, extra_body=extra)
+        engine = OpenAIEngine(cfg)
+        params = SamplingParams.of(cfg.sample)
+        req = _requests("extra")[0]
+        results = engine.generate([req], params)
+    assert results[0].error is None
+    body = server.bodies[-1]
+    assert body["repetition_penalty"] == 1.1 and body["structured_outputs"] == extra["structured_outputs"]
+    assert body == {**engine.payload(req, params, 3, req.seed), "logprobs": True}, "sent exactly as journalled"
+    assert not {"top_k", "min_p", "stop", "chat_template_kwargs"} & set(body), "settings at their defaults stay out"
+
+
+def test_sampling_settings_beyond_the_openai_api_are_sent_where_set(tmp_path):
+    with FaultServer() as server:
+        cfg = _cfg(tmp_path, server)
+        params = SamplingParams.of(cfg.sample, n=2, top_k=20, min_p=0.05, stop=("\n\n",),
+                                   chat_template_kwargs={"enable_thinking": False})
+        OpenAIEngine(cfg).generate(_requests("extras"), params)
+    body = server.bodies[-1]
+    assert (body["top_k"], body["min_p"], body["stop"], body["chat_template_kwargs"]) == (
+        20, 0.05, ["\n\n"], {"enable_thinking": False})
+
+
+def test_a_changed_extra_body_misses_the_journal(tmp_path):
+    journal_dir = tmp_path / "stage"
+    journal_dir.mkdir()
+    shard = [("part-00000.parquet", _requests("a", "b"))]
+    with FaultServer() as server:
+        def run(extra_body):
+            cfg = _cfg(tmp_path, server, extra_body=extra_body)
+            gen = OpenAIEngine(cfg).generate_shards(shard, SamplingParams.of(cfg.sample), journal_dir)
+            next(gen)
+            gen.close()  # not committed: the journal stays
+            return len(server.log)
+
+        assert run({"repetition_penalty": 1.1}) == 2
+        assert run({"repetition_penalty": 1.1}) == 2, "the same request: answered from the journal"
+        assert run({"repetition_penalty": 1.3}) == 4, "another extra_body is another request"
+
+
+def test_extra_body_is_part_of_the_fingerprint_and_headers_are_not(tmp_path):
+    def fingerprint(**server):
+        cfg = load_config(write_config(tmp_path / "c.yaml", {
+            "run": {"dir": str(tmp_path / "run")}, "sample": {"engine": "openai", "server": {"model": MODEL, **server}}}))
+        return sampling_fingerprint(cfg, 1, "input")
+
+    plain = fingerprint()
+    assert "server" not in plain["sample"], "no extra_body: the fingerprint of a run from before it"
+    assert fingerprint(headers={"X-Route": "a"}, base_url="http://elsewhere:9000/v1", concurrency=64) == plain
+    penalised = fingerprint(extra_body={"repetition_penalty": 1.1})
+    assert penalised != plain and penalised["sample"]["server"] == {"extra_body": {"repetition_penalty": 1.1}}
+    assert fingerprint(extra_body={"repetition_penalty": 1.1}, headers={"X-Route": "b"}) == penalised
+
+
+@pytest.mark.parametrize("key, message", [("temperature", "set sample.temperature instead"),
+                                          ("max_completion_tokens", "set sample.max_tokens instead"),
+                                          ("top_k", "set sample.top_k instead"), ("model", "set sample.server.model"),
+                                          ("n", "set sample.n instead"), ("messages", "is set by selfimprove")])
+def test_extra_body_cannot_set_what_has_a_field_of_its_own(tmp_path, key, message):
+    with pytest.raises(ConfigError, match=f"extra_body.{key}: {message}"):
+        load_config(write_config(tmp_path / "c.yaml", {"sample": {"server": {"extra_body": {key: 1}}}}))
+
+
+def test_a_line_break_in_a_header_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="line break"):
+        load_config(write_config(tmp_path / "c.yaml", {"sample": {"server": {"headers": {"X-A": "1\r\nX-B: 2"}}}}))
+
+
+def test_a_proxy_comes_from_the_environment(tmp_path, monkeypatch):
+    with FaultServer() as proxy:  # it answers what it is sent, as if forwarded: enough to see the request go there
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        cfg = _cfg(tmp_path, proxy, base_url="http://model.invalid:8000/v1")
+        results = _generate(cfg, _requests("via proxy"))
+    assert results[0].error is None and len(results[0].completions) == 3
+    assert [path for _, path, _ in proxy.http] == ["http://model.invalid:8000/v1/models",
+                                                   "http://model.invalid:8000/v1/chat/completions"]
 
 
 def _columns_config(tmp_path, server, questions, per_shard=4, **server_cfg):

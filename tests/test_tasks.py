@@ -297,7 +297,8 @@ def test_hub_offline_is_a_clear_error(monkeypatch, tmp_path):
         list(task.rows())
     message = str(err.value)
     assert message.startswith("could not load 'openai/gsm8k' from the Hugging Face hub (offline?): ")
-    assert message.endswith("Download it or point task.path at a local .jsonl/.parquet/.csv file.")
+    assert message.endswith("Download it or point task.path at a local .jsonl/.parquet/.csv file, or at a directory "
+                            "of them laid out by split (train.jsonl, test.jsonl).")
     assert "\n" not in message
 
 
@@ -306,18 +307,20 @@ def test_hub_ids_and_splits(monkeypatch):
 
     calls = []
 
-    def fake_load(path, name=None, split=None):
-        calls.append((path, name, split))
+    def fake_load(path, name=None, split=None, revision=None):
+        calls.append((path, name, split, revision))
         return datasets.Dataset.from_list([{"problem": "p", "answer": "1", "x": math.nan}])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     list(get_task(TaskConfig(name="gsm8k")).rows())
     rows = list(get_task(TaskConfig(name="math")).rows())
     list(get_task(TaskConfig(name="columns", path="someone/problems", split="test")).rows())
+    list(get_task(TaskConfig(name="math", path="org/math", config="algebra", revision="v1.0")).rows())
     assert calls == [
-        ("openai/gsm8k", "main", "train"),
-        ("HuggingFaceH4/MATH-500", None, "test"),
-        ("someone/problems", None, "test"),
+        ("openai/gsm8k", "main", "train", None),
+        ("HuggingFaceH4/MATH-500", None, "test", None),
+        ("someone/problems", None, "test", None),
+        ("org/math", "algebra", "train", "v1.0"),
     ]
     assert rows == [SourceRow(0, {"problem": "p", "answer": "1", "x": None})]
 

@@ -52,3 +52,26 @@ def test_generate_shards_results_errors_and_early_stop():
         assert [len(r.completions) for r in engine.generate(served[0][1], SamplingParams.of(cfg.sample))] == [2, 2, 2]
     finally:
         engine.close()
+
+
+def test_raw_prompts_stop_strings_and_sampling_extras_on_the_real_engine():
+    """A base-model run: raw text in (no chat template), top_k/min_p accepted, a stop string ends
+    every completion it appears in and is left out of it."""
+    from selfimprove.pipeline.engines.vllm import VLLMEngine
+    from selfimprove.pipeline.prompts import raw_prompt
+
+    cfg = load_config(None, ["model.max_model_len=256", "model.prompt_format=raw", "sample.max_tokens=48", "sample.n=4",
+                             'sample.stop=[","]', "sample.top_k=5", "sample.min_p=0.05", "sample.temperature=1.0"])
+    messages = [{"role": "user", "content": "one, two, three, four, five, six, seven, eight, nine"}]
+    engine = VLLMEngine(cfg)
+    try:
+        assert not engine.chat
+        (result,) = engine.generate([Request("count", messages)], SamplingParams.of(cfg.sample))
+        assert result.error is None and len(result.completions) == 4
+        assert result.prompt_tokens == len(engine.tokenizer.encode(raw_prompt(messages)))  # raw text, not the template
+        for c in result.completions:
+            assert "," not in c.text
+            assert c.finish_reason in ("stop", "length")
+        assert any(c.finish_reason == "stop" for c in result.completions)
+    finally:
+        engine.close()

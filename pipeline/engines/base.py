@@ -1,9 +1,9 @@
 """The engine interface: a batch of chat requests in, n completions per request out.
 
 The sample stage knows nothing else about the engine. Each call takes the requests and one
-`SamplingParams` value (n, temperature, top_p, max_tokens) for all of them: `n` completions of
-each prompt, so an engine that can share the prompt's computation across samples (vLLM's
-`SamplingParams(n=k)`) does. A request the engine cannot serve (a prompt longer than the
+`SamplingParams` value (n, temperature, top_p, max_tokens, top_k, min_p, stop, chat-template
+arguments) for all of them: `n` completions of each prompt, so an engine that can share the
+prompt's computation across samples (vLLM's `SamplingParams(n=k)`) does. A request the engine cannot serve (a prompt longer than the
 model's context, a server error that persists) comes back with `error` set instead of
 stopping the batch.
 """
@@ -26,12 +26,17 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 256
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0  # 0: off
+    stop: tuple[str, ...] = ()  # strings that end a completion, left out of it
+    chat_template_kwargs: dict = field(default_factory=dict)  # e.g. {"enable_thinking": False}
 
     @classmethod
     def of(cls, sample: SampleConfig, **changes) -> "SamplingParams":
         """The sample section's settings, with `changes` (e.g. n=1, temperature=0.0 for greedy)."""
         values = {"n": sample.n, "temperature": sample.temperature, "top_p": sample.top_p,
-                  "max_tokens": sample.max_tokens}
+                  "max_tokens": sample.max_tokens, "top_k": sample.top_k, "min_p": sample.min_p,
+                  "stop": tuple(sample.stop), "chat_template_kwargs": dict(sample.chat_template_kwargs)}
         return cls(**{**values, **changes})
 
 

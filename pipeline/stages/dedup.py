@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from selfimprove.pipeline import schema
 from selfimprove.pipeline.config import Config, DedupConfig
-from selfimprove.pipeline.selection.contamination import EvalIndex, load_index
+from selfimprove.pipeline.selection.contamination import EvalIndex, load_index, run_eval_sets
 from selfimprove.pipeline.selection.normalise import keyed, normalise, text_hashes
 from selfimprove.pipeline.selection.rules import RULES, STEPS, Context, Selection, select_rows
 from selfimprove.pipeline.runs import OUTPUT, check, reader, stage_dir
@@ -147,7 +147,7 @@ class DedupStage(MappedStage):
         super().__init__(cfg, iteration)
         dc = cfg.dedup
         self.sources = _sources(cfg, iteration)
-        self.ctx = Context(eval_index=load_index(dc.decontaminate.eval_sets, dc.decontaminate.ngram))
+        self.ctx = Context(eval_index=load_index(run_eval_sets(cfg), dc.decontaminate.ngram))
         self.earlier: list[dict] = []
         if dc.across_iterations and iteration > 1:
             self.ctx.exported, self.earlier = _earlier_exports(cfg, iteration)

@@ -28,7 +28,8 @@ from selfimprove.pipeline.engines import Request, SamplingParams, load_engine
 from selfimprove.pipeline.runs import check, stage_dir
 from selfimprove.pipeline.skeleton import MappedStage, ShardOutput, run_mapped
 from selfimprove.pipeline.tasks.problems import normalise_question, problem_id, source_identity, validate_answer, validate_question
-from selfimprove.pipeline.generation import request_seed, use_request_seed
+from selfimprove.pipeline.generation import ADDED_FIELDS, config_section, request_seed, use_request_seed
+from selfimprove.pipeline.prompts import split_thinking
 from selfimprove.pipeline.metrics import pass_at_k, rate
 from selfimprove.pipeline.runs import model_fingerprint, trained_model
 from selfimprove.pipeline.verification import build_verifier, open_pool, verifier_spec, verify_table
@@ -180,8 +181,10 @@ def scores(rows: list[dict], cfg: Config) -> dict:
     return result
 
 
-def _samples_table(requests: list[Request], results, model: str, n: int) -> tuple[pa.Table, list[tuple[Request, str]]]:
-    """Engine results as the sample stage's table (for verify_table); failed requests apart."""
+def _samples_table(requests: list[Request], results, model: str, n: int,
+                   think_tags: list[str] | None = None) -> tuple[pa.Table, list[tuple[Request, str]]]:
+    """Engine results as the sample stage's table (for verify_table; a thinking section apart, as
+    the sample stage keeps it); failed requests apart."""
     rows, failed = [], []
     for req, res in zip(requests, results):
         if res.error is not None or len(res.completions) != n:
@@ -189,7 +192,8 @@ def _samples_table(requests: list[Request], results, model: str, n: int) -> tupl
             continue
         prompt = json.dumps(req.messages, ensure_ascii=False)
         for idx, c in enumerate(res.completions):
-            rows.append({"problem_id": req.key, "sample_idx": idx, "prompt": prompt, "text": c.text,
+            reasoning, text = split_thinking(c.text, think_tags)
+            rows.append({"problem_id": req.key, "sample_idx": idx, "prompt": prompt, "text": text, "reasoning": reasoning,
                          "finish_reason": c.finish_reason, "prompt_tokens": res.prompt_tokens,
                          "completion_tokens": c.completion_tokens, "cumulative_logprob": c.cumulative_logprob,
                          "model": model, "seed": req.seed})
@@ -197,12 +201,14 @@ def _samples_table(requests: list[Request], results, model: str, n: int) -> tupl
 
 
 def fingerprint(cfg: Config, model: str, task_cfg: TaskConfig, verifier, problems: list[dict]) -> dict:
+    # top_k, min_p, stop, chat-template arguments, thinking tags: part of it only where set
+    extras = {k: v for k, v in config_section(cfg, "sample").items() if k in ADDED_FIELDS["sample"]}
     return {
         "problems": digest([p["problem_id"] for p in problems]),  # what is left after the overlap guard
-        "model": {"path": model, "identity": model_fingerprint(model),
-                  **cfg.model.model_dump(mode="json", exclude={"path"})},
+        "model": {"path": model, "identity": model_fingerprint(model), **config_section(cfg, "model", {"path"})},
         "engine": cfg.sample.engine,
-        "heldout": {**task_cfg.model_dump(mode="json"), "default_user": get_task(task_cfg).default_user_prompt},
+        **({"sampling": extras} if extras else {}),
+        "heldout": {**task_cfg.fingerprint_part(), "default_user": get_task(task_cfg).default_user_prompt},
         "source": source_identity(task_cfg.path),
         "evaluate": cfg.evaluate.model_dump(mode="json", exclude={"task", "count", "seed_offset"}),
         "verifier": verifier.fingerprint(),
@@ -259,7 +265,7 @@ class EvaluateStage(MappedStage):
         for name, results in self.engine.generate_shards(((n, requests[n]) for n in names), self.greedy,
                                                          desc="evaluate (greedy)"):
             rows, rejects = greedy_rows(self.shards[name], requests[name], results, self.engine.model_name, self.pool,
-                                        self.verifier.name)
+                                        self.verifier.name, self.cfg.sample.think_tags)
             if self.sampled is None:
                 yield name, self._output(name, rows, rejects)
             else:
@@ -279,7 +285,7 @@ class EvaluateStage(MappedStage):
                                                          desc=f"evaluate (pass@{n})"):
             rows, rejects = finished.pop(name)
             rejects += count_correct(rows, requests[name], results, self.engine.model_name, self.pool,
-                                     self.verifier.name, n)
+                                     self.verifier.name, n, self.cfg.sample.think_tags)
             yield name, self._output(name, rows, rejects)
 
     def _output(self, name: str, rows: list[dict], rejects: list[dict]) -> ShardOutput:
@@ -322,10 +328,11 @@ def _failed_rejects(failed: list[tuple[Request, str]]) -> list[dict]:
             for req, reason in failed]
 
 
-def greedy_rows(problems, requests, results, model, pool, verifier_name) -> tuple[list[dict], list[dict]]:
+def greedy_rows(problems, requests, results, model, pool, verifier_name,
+                think_tags=None) -> tuple[list[dict], list[dict]]:
     """One shard's greedy completions -> per-problem rows with their verdicts, and rejects for failed requests."""
     by_id = {p["problem_id"]: p for p in problems}
-    table, failed = _samples_table(requests, results, model, 1)
+    table, failed = _samples_table(requests, results, model, 1, think_tags)
     verdicts = {r["problem_id"]: r for r in verify_table(table, by_id, pool, verifier_name).to_pylist()}
     failed_ids = {req.key for req, _ in failed}
     rows = []
@@ -333,17 +340,17 @@ def greedy_rows(problems, requests, results, model, pool, verifier_name) -> tupl
         if pid in failed_ids:
             continue
         v = verdicts[pid]
-        rows.append({**p, "text": v["text"], "finish_reason": v["finish_reason"], "completion_tokens": v["completion_tokens"],
+        rows.append({**p, "text": (v["reasoning"] or "") + v["text"], "finish_reason": v["finish_reason"], "completion_tokens": v["completion_tokens"],
                      "extracted": v["extracted"], "status": v["status"], "reason": v["reason"],
                      "correct": v["status"] == "correct", "samples": None, "samples_correct": None})
     return rows, _failed_rejects(failed)
 
 
-def count_correct(rows, requests, results, model, pool, verifier_name, n) -> list[dict]:
+def count_correct(rows, requests, results, model, pool, verifier_name, n, think_tags=None) -> list[dict]:
     """pass@k: sets each row's `samples`/`samples_correct` from its n samples; a problem whose
     request failed leaves its row (and the shard) and becomes a reject. Returns those rejects."""
     by_id = {r["problem_id"]: r for r in rows}
-    table, failed = _samples_table(requests, results, model, n)
+    table, failed = _samples_table(requests, results, model, n, think_tags)
     counts = Counter(r["problem_id"] for r in verify_table(table, by_id, pool, verifier_name).to_pylist()
                      if r["status"] == "correct")
     failed_ids = {req.key for req, _ in failed}

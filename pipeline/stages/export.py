@@ -58,12 +58,21 @@ def _turn(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
-def to_export_row(row: dict, iteration: int, task: str) -> dict:
+def completion_text(row: dict, thinking: str = "keep") -> str:
+    """What a sample exports as its completion: its thinking section (if any) and the text after
+    it as the model wrote them (`export.thinking: keep`), or the text after it alone (`drop`)."""
+    reasoning = row.get("reasoning")
+    if not reasoning:
+        return row["text"]
+    return reasoning + row["text"] if thinking == "keep" else row["text"].lstrip()
+
+
+def to_export_row(row: dict, iteration: int, task: str, thinking: str = "keep") -> dict:
     """A selected sample as an `sft` row (its text already trimmed by dedup where
     `export.trim_after_answer` is on)."""
     return {
         "prompt": json.loads(row["prompt"]),
-        "completion": _turn(row["text"]),
+        "completion": _turn(completion_text(row, thinking)),
         "problem_id": row["problem_id"],
         "sample_idx": row["sample_idx"],
         "answer": row["gold"],
@@ -75,12 +84,12 @@ def to_export_row(row: dict, iteration: int, task: str) -> dict:
     }
 
 
-def preference_row(chosen: dict, rejected: dict, iteration: int, task: str) -> dict:
+def preference_row(chosen: dict, rejected: dict, iteration: int, task: str, thinking: str = "keep") -> dict:
     """A pair as TRL's conversational preference row; the prompt is the one the rejected sample was drawn with."""
     return {
         "prompt": json.loads(rejected["prompt"]),
-        "chosen": _turn(chosen["text"]),
-        "rejected": _turn(rejected["text"]),
+        "chosen": _turn(completion_text(chosen, thinking)),
+        "rejected": _turn(completion_text(rejected, thinking)),
         "problem_id": rejected["problem_id"],
         "answer": rejected["gold"],
         "chosen_sample_idx": chosen["sample_idx"],
@@ -275,12 +284,12 @@ def planned_shards(plan: Plan, rows_per_shard: int) -> dict[tuple[str, str], int
 def write_rows(inp: Inputs, sinks: Sinks) -> Iterator[tuple[str, pa.Table]]:
     """The second pass: every input shard's rows into the sinks, each export shard as it fills."""
     cfg, it, task, methods = inp.cfg, inp.iteration, inp.cfg.task.name, trim_methods(inp.cfg)
-    frac = cfg.export.validation_fraction
+    frac, thinking = cfg.export.validation_fraction, cfg.export.thinking
     for shard in inp.selected.shards:
         name = shard["file"]
         chosen = defaultdict(list)
         for row in inp.kept_rows(name):
-            yield from sinks.add("sft", split_of(row["problem_id"], frac), to_export_row(row, it, task))
+            yield from sinks.add("sft", split_of(row["problem_id"], frac), to_export_row(row, it, task, thinking))
             chosen[row["problem_id"]].append(row)
         if name not in inp.verified_files:
             continue
@@ -295,7 +304,7 @@ def write_rows(inp: Inputs, sinks: Sinks) -> Iterator[tuple[str, pa.Table]]:
             split = split_of(pid, frac)
             for c, r in pairs:
                 yield from sinks.add("preference", split,
-                                     preference_row(c, {**full[r["pos"]], "text": r["text"]}, it, task))
+                                     preference_row(c, {**full[r["pos"]], "text": r["text"]}, it, task, thinking))
             yield from sinks.add("prompts", split, prompts_row(full[samples[0]["pos"]], samples, inp.verifier,
                                                                metadata.get(pid), it, task))
     yield from sinks.close()
@@ -317,7 +326,8 @@ def fingerprint(cfg: Config, iteration: int, stages: dict) -> dict:
         "rationalized": stages["rationalize"].output_hash,
         "verifier": stages["verify"].manifest.get("fingerprint_parts", {}).get("verifier"),
         "verifier_spec": verifier_spec(cfg),
-        "export": cfg.export.model_dump(mode="json"),
+        # thinking added later: at its default left out, so earlier exports stay up to date
+        "export": cfg.export.model_dump(mode="json", exclude={"thinking"} if cfg.export.thinking == "keep" else set()),
         "task": t.name,
         "source": {"path": t.path, "split": t.split, "limit": t.limit,
                    "arithmetic": t.arithmetic.model_dump(mode="json") if t.name == "arithmetic" else None},

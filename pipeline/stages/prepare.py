@@ -19,6 +19,7 @@ from selfimprove.pipeline.config import Config
 from selfimprove.pipeline.stages import check, open_writer, summary, up_to_date
 from selfimprove.pipeline.store import part_name
 from selfimprove.pipeline.tasks import get_task
+from selfimprove.pipeline.tasks.sources import evaluation_split
 from selfimprove.pipeline.tasks.problems import (bad_text, clip_raw, normalise_question, problem_id, source_identity,
                                      validate_answer, validate_question)
 
@@ -133,15 +134,20 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
     started = time.time()
     answer_required = gold_required(cfg)
     parts = {
-        "task": cfg.task.model_dump(mode="json", exclude={"prompt"}),
+        "task": cfg.task.fingerprint_part({"prompt"}),
         "source": source_identity(cfg.task.path),
         "problems_per_shard": cfg.run.problems_per_shard,
         "answer_required": answer_required,
     }
+    task = get_task(cfg.task)
+    leak = evaluation_split(*task.source())
+    if leak:
+        raise ValueError(f"prepare: {leak}; training on it would put the evaluation into the model. Sample on a "
+                         "training split (task.split: train, or a train file) and evaluate on the other (evaluate.task)")
     with open_writer(cfg, iteration, "prepare", parts, force) as writer:
         if writer.up_to_date:
             return up_to_date("prepare", writer)
-        intake = Intake(cfg, writer, get_task(cfg.task), answer_required)
+        intake = Intake(cfg, writer, task, answer_required)
         for row in intake.task.rows():
             intake.take(row)
         intake.close()

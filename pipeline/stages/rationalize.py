@@ -122,7 +122,8 @@ class RationalizeStage(MappedStage):
             gold, pids = by_shard[name]
             requests, plain = sent.pop(name)
             rows, rejects, _ = shard_rows(name, requests, results, n, self.engine, stage="rationalize",
-                                          first_idx=cfg.sample.n, prompts=plain)  # stored without the hint
+                                          first_idx=cfg.sample.n, prompts=plain,  # stored without the hint
+                                          think_tags=cfg.sample.think_tags)
             out = verify_table(schema.table(rows, schema.SAMPLES), gold, self.pool, verifier.name).to_pylist()
             check(len(out) == (len(pids) - len(rejects)) * n,
                   f"rationalize {name}: {len(out)} rows for {len(pids) - len(rejects)} problems x n={n}")

@@ -50,7 +50,8 @@ class SampleStage(MappedStage):
 
         journal = stage_dir(self.cfg, self.iteration, "sample")
         for name, results in self.engine.generate_shards(requests(), SamplingParams.of(self.cfg.sample), journal_dir=journal):
-            rows, rejects, tokens = shard_rows(name, sent.pop(name), results, self.cfg.sample.n, self.engine)
+            rows, rejects, tokens = shard_rows(name, sent.pop(name), results, self.cfg.sample.n, self.engine,
+                                               think_tags=self.cfg.sample.think_tags)
             yield name, ShardOutput(schema.table(rows, schema.SAMPLES), schema.table(rejects, schema.REJECTS),
                                     extra={"tokens": tokens})
 

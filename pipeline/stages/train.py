@@ -36,7 +36,9 @@ import pyarrow as pa
 
 from selfimprove.pipeline import schema
 from selfimprove.pipeline.config import Config, digest
-from selfimprove.pipeline.model import resolve_model_path
+from selfimprove.pipeline.generation import config_section
+from selfimprove.pipeline.model import resolve_model_path, resolve_tokenizer_path
+from selfimprove.pipeline.prompts import prompt_ids, uses_chat_template
 from selfimprove.pipeline.runs import model_fingerprint, model_for_iteration, starting_model, trained_model
 from selfimprove.pipeline.stages import open_writer, stage_dir, summary, up_to_date
 from selfimprove.pipeline.store import MANIFEST, SUCCESS, StageReader, StoreError, part_name, sha256
@@ -67,24 +69,31 @@ def export_readers(cfg: Config, k: int) -> dict[int, StageReader]:
     return readers
 
 
-def tokenize_example(tokenizer, messages: list[dict]) -> dict:
+def tokenize_example(tokenizer, messages: list[dict], chat: bool = True, template_kwargs: dict | None = None) -> dict:
     """input_ids and labels of one chat; labels are -100 except on the last (assistant) turn.
 
     Prompt and reply are encoded separately, as at sampling time: the engine encodes the
-    rendered prompt (generation prompt included) and the model generates the rest.
+    rendered prompt (generation prompt included) and the model generates the rest. Without a
+    chat template (`chat` false: a base model) the prompt is the raw text the engine sent and the
+    reply ends with the EOS token, so the model learns to stop.
     """
     if not messages or messages[-1].get("role") != "assistant":
         raise ValueError("messages: the last turn must be the assistant's")
     if not (messages[-1].get("content") or "").strip():
         raise ValueError("messages: the assistant turn is empty")
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not chat:
+        reply_ids = tokenizer.encode(messages[-1]["content"], add_special_tokens=False) + [tokenizer.eos_token_id]
+        ids = prompt_ids(tokenizer, messages[:-1], chat=False)
+        return {"input_ids": ids + reply_ids, "labels": [-100] * len(ids) + reply_ids}
+    kwargs = template_kwargs or {}
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True, **kwargs)
+    full = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
     if not full.startswith(prompt):
         raise ValueError("chat template: the rendered chat does not start with the rendered prompt, "
                          "so the assistant's tokens cannot be told apart")
-    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
     reply_ids = tokenizer.encode(full[len(prompt):], add_special_tokens=False)
-    return {"input_ids": prompt_ids + reply_ids, "labels": [-100] * len(prompt_ids) + reply_ids}
+    return {"input_ids": ids + reply_ids, "labels": [-100] * len(ids) + reply_ids}
 
 
 def sft_shards(export: StageReader, iteration: int) -> list[tuple[str, str]]:
@@ -97,7 +106,8 @@ def sft_shards(export: StageReader, iteration: int) -> list[tuple[str, str]]:
     return [(name, cs[1]) for name, cs in shards if cs and cs[0] == "sft"]
 
 
-def load_examples(readers: dict[int, StageReader], tokenizer, max_length: int):
+def load_examples(readers: dict[int, StageReader], tokenizer, max_length: int, chat: bool = True,
+                  template_kwargs: dict | None = None):
     """Tokenized train and validation examples of the exports' `sft` config (prompt messages,
     then the completion's), their record rows, and rejects (with reasons)."""
     examples = {"train": [], "validation": []}
@@ -108,7 +118,7 @@ def load_examples(readers: dict[int, StageReader], tokenizer, max_length: int):
             for r in table.to_pylist():
                 where = f"iteration {j} {split} row (problem {r['problem_id']}, sample {r['sample_idx']})"
                 try:
-                    ex = tokenize_example(tokenizer, (r["prompt"] or []) + (r["completion"] or []))
+                    ex = tokenize_example(tokenizer, (r["prompt"] or []) + (r["completion"] or []), chat, template_kwargs)
                     if len(ex["input_ids"]) > max_length:
                         raise ValueError(f"{len(ex['input_ids'])} tokens exceeds train.max_length={max_length}; "
                                          "raise it to train on this row")
@@ -192,9 +202,11 @@ def train_model(start: str, examples: dict[str, list[dict]], cfg: Config, out: P
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(start)
-    save_dtype = getattr(torch, _dtype_name(getattr(AutoConfig.from_pretrained(start), "dtype", None)), torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
+    remote = cfg.model.trust_remote_code
+    tokenizer = load_tokenizer(cfg, start)
+    save_dtype = getattr(torch, _dtype_name(getattr(AutoConfig.from_pretrained(start, trust_remote_code=remote), "dtype",
+                                                    None)), torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32, trust_remote_code=remote)
     tokenizer.save_pretrained(out)  # before the trainer sets a pad token on it
     history: list[dict] = []
     if examples["train"]:
@@ -256,11 +268,23 @@ def _model_intact(path: Path, manifest: dict) -> bool:
     return bool(files) and all((path / n).exists() and sha256((path / n).read_bytes()) == h for n, h in files.items())
 
 
+def load_tokenizer(cfg: Config, start: str):
+    """The starting model's tokenizer, or `model.tokenizer` where set (saved with every trained model)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_tokenizer_path(cfg.model.tokenizer) if cfg.model.tokenizer else start
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.model.trust_remote_code)
+
+
 def fingerprint(cfg: Config, readers: dict[int, StageReader], start: str) -> dict:
+    # how prompts become text (tokenizer, prompt format, chat-template arguments): only where set
+    prompting = {k: v for k, v in {**config_section(cfg, "model"), **config_section(cfg, "sample")}.items()
+                 if k in ("tokenizer", "trust_remote_code", "prompt_format", "chat_template_kwargs")}
     return {
         "exports": {str(j): r.output_hash for j, r in readers.items()},
         "train": cfg.train.model_dump(mode="json"),
         "start": {"path": start, "identity": model_fingerprint(start)},
+        **({"prompting": prompting} if prompting else {}),
     }
 
 
@@ -276,10 +300,10 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
             if not _model_intact(writer.path, manifest):
                 raise StoreError(f"{writer.path}: the model files no longer match the manifest; rerun with --force to retrain")
             return up_to_date("train", writer)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(start)
-        examples, rows, rejects = load_examples(readers, tokenizer, cfg.train.max_length)
+        tokenizer = load_tokenizer(cfg, start)
+        chat = uses_chat_template(tokenizer, cfg.model.prompt_format)
+        examples, rows, rejects = load_examples(readers, tokenizer, cfg.train.max_length, chat,
+                                                cfg.sample.chat_template_kwargs)
         name = part_name(0)
         if not writer.is_done(name):
             writer.write_shard(name, schema.table(rows, ROWS), schema.table(rejects, schema.REJECTS))

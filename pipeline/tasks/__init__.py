@@ -48,6 +48,14 @@ class Task:
         """All source rows (good and unreadable), at most `cfg.limit` of them."""
         raise NotImplementedError
 
+    def source(self) -> tuple[str | None, str]:
+        """(path or hub id, split) the rows come from; (None, ...) for a generator."""
+        return self.cfg.path, self.cfg.split
+
+    def hub_config(self) -> str | None:
+        """The hub dataset configuration the rows come from."""
+        return self.cfg.config
+
     def to_problem(self, data: dict) -> TaskProblem:
         """The problem in one record; ValueError naming the field if the record lacks it."""
         raise NotImplementedError

@@ -29,7 +29,7 @@ class ColumnsTask(Task):
         super().__init__(cfg)
 
     def rows(self) -> Iterator[SourceRow]:
-        return read_records(self.cfg.path, self.cfg.split, self.cfg.limit)
+        return read_records(self.cfg.path, self.cfg.split, self.cfg.limit, self.cfg.config, self.cfg.revision)
 
     def to_problem(self, data: dict) -> TaskProblem:
         c = self.cfg.columns

@@ -23,10 +23,16 @@ class Gsm8kTask(Task):
         "\n\nQuestion: {question}"
     )
 
+    def source(self) -> tuple[str, str]:
+        return self.cfg.path or HUB_ID, self.cfg.split
+
+    def hub_config(self) -> str | None:
+        # the hub data set has configs main and socratic
+        return self.cfg.config or ("main" if self.source()[0] == HUB_ID else None)
+
     def rows(self) -> Iterator[SourceRow]:
-        path = self.cfg.path or HUB_ID
-        config = "main" if path == HUB_ID else None  # the hub data set has configs main and socratic
-        return read_records(path, self.cfg.split, self.cfg.limit, config=config)
+        path, split = self.source()
+        return read_records(path, split, self.cfg.limit, config=self.hub_config(), revision=self.cfg.revision)
 
     def to_problem(self, data: dict) -> TaskProblem:
         question = require(data, "question")

@@ -22,10 +22,13 @@ class MathTask(Task):
         "\n\nQuestion: {question}"
     )
 
-    def rows(self) -> Iterator[SourceRow]:
+    def source(self) -> tuple[str, str]:
         path = self.cfg.path or HUB_ID
-        split = "test" if path == HUB_ID else self.cfg.split  # MATH-500 has only a test split
-        return read_records(path, split, self.cfg.limit)
+        return path, "test" if path == HUB_ID else self.cfg.split  # MATH-500 has only a test split
+
+    def rows(self) -> Iterator[SourceRow]:
+        path, split = self.source()
+        return read_records(path, split, self.cfg.limit, self.cfg.config, self.cfg.revision)
 
     def to_problem(self, data: dict) -> TaskProblem:
         question = require(data, "problem")

@@ -29,25 +29,42 @@ RAW_CHARS = 500
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
+EVAL_SPLITS = ("test", "validation", "valid", "dev", "eval", "evaluation")
+KNOWN_SPLITS = ("train", *EVAL_SPLITS)
+
+
 def read_records(
-    path: str, split: str = "train", limit: int | None = None, config: str | None = None
+    path: str, split: str = "train", limit: int | None = None, config: str | None = None, revision: str | None = None
 ) -> Iterator[SourceRow]:
     """Rows of `path`, at most `limit` of them.
 
-    `config` is the hub data set's configuration name (gsm8k needs "main"); local files
-    ignore it and `split`. Problems with the source itself raise ValueError at once.
+    `config` is the hub data set's configuration name (gsm8k needs "main") and `revision` its
+    branch, tag or commit; a local directory laid out by split (`train.jsonl`, `test.jsonl`,
+    `train-00000-of-00002.parquet`, as a hub data set is) gives `split`'s files only, and a
+    single file is read whole. Problems with the source itself raise ValueError at once.
     """
     path = str(path)
     if not path.strip():
         raise ValueError("task.path: empty")
     local = Path(path).expanduser()
     if local.exists():
-        rows = _read_local(local)
+        rows = _read_local(local, split)
     elif looks_like_hub_id(path):
-        rows = _read_hub(path, split, config)
+        rows = _read_hub(path, split, config, revision)
     else:
         raise ValueError(f"task.path: file not found: {path}")
     return itertools.islice(rows, limit)
+
+
+def evaluation_split(path: str | None, split: str) -> str | None:
+    """Why a training source would read an evaluation split (None: it does not)."""
+    local = Path(path).expanduser() if path else None
+    if local is not None and local.is_file():
+        named = split_named(local)
+        return f"task.path: {local.name} is an evaluation split ({named})" if named in EVAL_SPLITS else None
+    if split.lower() in EVAL_SPLITS:
+        return f"task.split: {split!r} is an evaluation split"
+    return None
 
 
 def looks_like_hub_id(path: str) -> bool:
@@ -55,7 +72,13 @@ def looks_like_hub_id(path: str) -> bool:
     return bool(HUB_ID.fullmatch(path)) and not path.lower().endswith(SUFFIXES)
 
 
-def _read_local(path: Path) -> Iterator[SourceRow]:
+def split_named(path: Path) -> str | None:
+    """The split a file's name gives (`test.jsonl`, `train-00000-of-00002.parquet`), if any."""
+    head = re.split(r"[-_.]", path.name, maxsplit=1)[0].lower()
+    return head if head in KNOWN_SPLITS else None
+
+
+def _read_local(path: Path, split: str = "train") -> Iterator[SourceRow]:
     if path.is_dir():
         files = sorted(
             p for p in path.iterdir()
@@ -63,6 +86,12 @@ def _read_local(path: Path) -> Iterator[SourceRow]:
         )
         if not files:
             raise ValueError(f"task.path: no {'/'.join(SUFFIXES)} files in directory {path}")
+        splits = {split_named(p) for p in files} - {None}
+        if splits:  # laid out by split: never mix train and test
+            files = [p for p in files if split_named(p) == split.lower()]
+            if not files:
+                raise ValueError(f"task.split: no {split!r} files in {path} (its files are of the splits "
+                                 f"{', '.join(sorted(splits))})")
     elif path.suffix.lower() in SUFFIXES:
         files = [path]
     else:
@@ -206,15 +235,16 @@ READERS: dict[str, Callable[[Path, int], Iterator[SourceRow]]] = {
 }
 
 
-def _read_hub(path: str, split: str, config: str | None) -> Iterator[SourceRow]:
+def _read_hub(path: str, split: str, config: str | None, revision: str | None = None) -> Iterator[SourceRow]:
     try:
         import datasets
 
-        ds = datasets.load_dataset(path, config, split=split)
+        ds = datasets.load_dataset(path, config, split=split, revision=revision)
     except Exception as e:  # no network, no such data set, no such split: all the same to the user
         raise ValueError(
             f"could not load {path!r} from the Hugging Face hub (offline?): {_short(e)}. "
-            "Download it or point task.path at a local .jsonl/.parquet/.csv file."
+            "Download it or point task.path at a local .jsonl/.parquet/.csv file, or at a directory "
+            "of them laid out by split (train.jsonl, test.jsonl)."
         ) from e
     return (_record_row(i, record, f"{path} row {i}") for i, record in enumerate(ds))
 
