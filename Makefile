@@ -23,12 +23,15 @@ MODEL := data/models/smollm2-135m-instruct/config.json
 
 setup: $(STAMP) $(MODEL)
 
+# pip resolves these to CUDA builds that break `import transformers` and `from vllm import LLM`
+# on CPU; text generation needs none of them.
+NO_CUDA_EXTRAS := if [ "$(EXTRA)" = cpu ]; then $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true; fi
+
+# A data run installs the engine's extra only; `make test` adds the dev extra (pytest, Ray, TRL).
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e ".[$(EXTRA),dev]"
-	@# pip resolves these to CUDA builds that break `import transformers` and `from vllm import LLM`
-	@# on CPU; text generation needs none of them.
-	@if [ "$(EXTRA)" = cpu ]; then $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true; fi
+	$(BIN)/python -m pip install -q -e ".[$(EXTRA)]"
+	@$(NO_CUDA_EXTRAS)
 	@# bubblewrap sandboxes model-written code (the `code` verifier); installed where we can, never fatal
 	@command -v bwrap >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && { apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; }; } >/dev/null 2>&1) || echo "warning: bubblewrap (bwrap) is not installed and could not be: the code verifier will refuse to run (install the 'bubblewrap' package, or set sandbox: rlimits)"
 	@touch $@
@@ -39,7 +42,13 @@ $(MODEL): | $(STAMP)
 run: setup
 	$(SI) run $(ARGS)
 
-test: setup
+STAMP-dev := $(VENV)/.installed-dev
+$(STAMP-dev): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[$(EXTRA),dev]"
+	@$(NO_CUDA_EXTRAS)
+	@touch $@
+
+test: setup $(STAMP-dev)
 	$(BIN)/python -m pytest -q
 
 # `make bench` runs every benchmark in benchmarks/; `make bench BENCH=dedup` runs one.
@@ -49,11 +58,13 @@ bench: setup $(VENV)/.installed-bench
 # Training needs TRL (extra `train`); installed on first use.
 STAMP-train := $(VENV)/.installed-train
 $(STAMP-train): pyproject.toml | $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[train]"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRA),train]"
+	@$(NO_CUDA_EXTRAS)
 	@touch $@
 
-$(VENV)/.installed-bench: pyproject.toml | $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[bench]"
+$(VENV)/.installed-bench: pyproject.toml | $(STAMP-dev) $(STAMP-train)
+	$(BIN)/python -m pip install -q -e ".[$(EXTRA),dev,train,bench]"
+	@$(NO_CUDA_EXTRAS)
 	@touch $@
 
 status: | $(STAMP)
