@@ -8,7 +8,10 @@ from selfimprove.pipeline.config import ConfigError, load_config
 def test_defaults_and_overrides():
     cfg = load_config(None, ["sample.n=8", "task.arithmetic.count=10", "verify.verifier=math"])
     assert cfg.sample.n == 8 and cfg.task.arithmetic.count == 10 and cfg.verify.verifier == "math"
-    assert cfg.run_dir.as_posix() == "data/runs/default"
+    assert cfg.run_dir.as_posix() == "data/runs/builtin", "not make run's directory (configs/default.yaml)"
+    assert load_config("configs/default.yaml").run_dir.as_posix() == "data/runs/default"
+    # the measured recipe is the default (README): a higher learning rate, completions cut after the answer
+    assert cfg.train.learning_rate == 2e-4 and cfg.export.trim_after_answer
 
 
 def test_default_yaml_loads_and_names_the_run():
