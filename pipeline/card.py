@@ -185,7 +185,9 @@ def _columns(cfg: Config, stats: dict) -> str:
 - `sft`: `prompt` (the chat up to the model's turn, exactly as sampled; for a rationalization
   the prompt without the hint), `completion` (one assistant message: the verified
   rationale{trim}), `problem_id`, `sample_idx`, `answer` (the gold answer it reached),
-  `rationalized` (sampled with the answer as a hint), `iteration`, `model`, `task`, `verifier`.
+  `rationalized` (sampled with the answer as a hint), `iteration`, `model`, `task`, `verifier`,
+  `difficulty` (the problem's own bucket, e.g. `steps=2` or `level=Level 5`; null where the task
+  has none), `first_round_pass_rate` (correct / samples of the problem's first sampling round).
 - `preference`: `prompt`, `chosen` (a rationale the `sft` config exports), `rejected` (a sample of
   the same problem with a wrong or no final answer{trim}), `problem_id`, `answer`, and per side
   `*_sample_idx`, `*_status`, `*_reason` (the verdict and why), `chosen_rationalized`,
@@ -196,8 +198,9 @@ def _columns(cfg: Config, stats: dict) -> str:
 - `prompts`: one row per sampled problem: `prompt`, `problem_id`, `answer`, `verifier` and
   `verifier_params` (`selfimprove.verifiers.get_verifier(verifier, json.loads(verifier_params))` judges a
   completion), `pass_rate` (`correct` / `samples` in this iteration's samples, hints excluded),
-  `metadata` (the source's extra fields, JSON), `iteration`, `model`, `task`. `stats.json` holds
-  the same pass rates."""
+  `metadata` (the source's extra fields, JSON), `iteration`, `model`, `task`, `difficulty`,
+  `first_round_pass_rate` (as in `sft`; it differs from `pass_rate` where `sample.until_correct`
+  sampled a problem again). `stats.json` holds the same pass rates."""
 
 
 def _provenance(cfg: Config, iteration: int, verify_parts: dict) -> str:

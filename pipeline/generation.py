@@ -17,9 +17,11 @@ from selfimprove.pipeline.runs import check
 from selfimprove.pipeline.tasks import get_task, render_prompt
 
 
-def request_seed(run_seed: int, iteration: int, problem_id: str) -> int:
-    """A per-request seed that depends only on the run, the iteration and the problem."""
-    h = hashlib.sha256(f"{run_seed}:{iteration}:{problem_id}".encode()).digest()
+def request_seed(run_seed: int, iteration: int, problem_id: str, round: int = 0) -> int:
+    """A per-request seed that depends only on the run, the iteration, the problem and the
+    sampling round (`sample.until_correct`: a later round must not repeat the first one's samples)."""
+    key = f"{run_seed}:{iteration}:{problem_id}" + (f":round{round}" if round else "")
+    h = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(h[:4], "little")
 
 
@@ -35,7 +37,8 @@ def _model_identity(cfg: Config) -> dict:
 # Fields added after runs existed: left out of the fingerprint while at their defaults, so those
 # runs stay up to date (set, they are part of it like every other field).
 ADDED_FIELDS = {"sample": {"top_k": 0, "min_p": 0.0, "stop": [], "chat_template_kwargs": {},
-                           "think_tags": ["<think>", "</think>"]},
+                           "think_tags": ["<think>", "</think>"],
+                           "until_correct": {"enabled": False, "policy": "uniform", "k": 1, "max_samples": 16}},
                 "model": {"tokenizer": None, "trust_remote_code": False, "prompt_format": "auto", "vllm_kwargs": {}}}
 
 
@@ -51,7 +54,8 @@ def sampling_fingerprint(cfg: Config, iteration: int, input_hash: str) -> dict:
     return {
         "input": input_hash,
         # sample.server says how to reach a server, not what it samples: only its model name and extra_body count
-        "sample": {**config_section(cfg, "sample", {"server"}),
+        # until_correct only where on (off, its other fields change nothing)
+        "sample": {**config_section(cfg, "sample", {"server"} | (set() if cfg.sample.until_correct.enabled else {"until_correct"})),
                    **(cfg.sample.server.fingerprint_part() if cfg.sample.engine == "openai" else {})},
         "prompt": {**cfg.task.prompt.model_dump(mode="json"), "default_user": task.default_user_prompt},
         "model": {**config_section(cfg, "model"), "identity": _model_identity(cfg)},

@@ -72,6 +72,8 @@ SFT = pa.schema(
         ("model", pa.string()),
         ("task", pa.string()),
         ("verifier", pa.string()),
+        ("difficulty", pa.string()),  # the problem's own difficulty bucket (`steps=2`, `level=Level 5`); null: none
+        ("first_round_pass_rate", pa.float64()),  # correct / samples of the problem's first sampling round
     ]
 )
 EXPORT = SFT  # the export's main table
@@ -114,6 +116,8 @@ PROMPTS = pa.schema(
         ("iteration", pa.int32()),
         ("model", pa.string()),
         ("task", pa.string()),
+        ("difficulty", pa.string()),  # as in sft
+        ("first_round_pass_rate", pa.float64()),  # pass_rate over the first round only (sample.until_correct adds rounds)
     ]
 )
 

@@ -202,7 +202,7 @@ def _samples_table(requests: list[Request], results, model: str, n: int,
 
 def fingerprint(cfg: Config, model: str, task_cfg: TaskConfig, verifier, problems: list[dict]) -> dict:
     # top_k, min_p, stop, chat-template arguments, thinking tags: part of it only where set
-    extras = {k: v for k, v in config_section(cfg, "sample").items() if k in ADDED_FIELDS["sample"]}
+    extras = {k: v for k, v in config_section(cfg, "sample", {"until_correct"}).items() if k in ADDED_FIELDS["sample"]}
     return {
         "problems": digest([p["problem_id"] for p in problems]),  # what is left after the overlap guard
         "model": {"path": model, "identity": model_fingerprint(model), **config_section(cfg, "model", {"path"})},

@@ -37,6 +37,7 @@ from selfimprove.pipeline.config import Config, digest
 from selfimprove.pipeline.runs import check, reader, stage_dir
 from selfimprove.pipeline.skeleton import MappedStage, ShardOutput, run_mapped
 from selfimprove.pipeline.store import atomic_write_bytes, atomic_write_json
+from selfimprove.pipeline.tasks import difficulty_of
 from selfimprove.pipeline.verification import verifier_spec
 from selfimprove.verifiers.extract import METHODS, trim_after_answer
 
@@ -67,9 +68,10 @@ def completion_text(row: dict, thinking: str = "keep") -> str:
     return reasoning + row["text"] if thinking == "keep" else row["text"].lstrip()
 
 
-def to_export_row(row: dict, iteration: int, task: str, thinking: str = "keep") -> dict:
+def to_export_row(row: dict, iteration: int, task: str, thinking: str = "keep", difficulty: str | None = None,
+                  first_round_pass_rate: float | None = None) -> dict:
     """A selected sample as an `sft` row (its text already trimmed by dedup where
-    `export.trim_after_answer` is on)."""
+    `export.trim_after_answer` is on), with its problem's difficulty and first-round pass rate."""
     return {
         "prompt": json.loads(row["prompt"]),
         "completion": _turn(completion_text(row, thinking)),
@@ -81,6 +83,8 @@ def to_export_row(row: dict, iteration: int, task: str, thinking: str = "keep") 
         "model": row["model"],
         "task": task,
         "verifier": row["verifier"],
+        "difficulty": difficulty,
+        "first_round_pass_rate": first_round_pass_rate,
     }
 
 
@@ -107,7 +111,8 @@ def preference_row(chosen: dict, rejected: dict, iteration: int, task: str, thin
     }
 
 
-def prompts_row(first: dict, samples: list[dict], verifier: dict, metadata: str | None, iteration: int, task: str) -> dict:
+def prompts_row(first: dict, samples: list[dict], verifier: dict, metadata: str | None, iteration: int, task: str,
+                first_round_pass_rate: float | None = None) -> dict:
     """One problem for RL: its prompt, gold answer and verifier (from `first`, a whole verdict row)
     and its pass rate over `samples` (all of its verdicts)."""
     correct = sum(s["status"] == "correct" for s in samples)
@@ -124,6 +129,8 @@ def prompts_row(first: dict, samples: list[dict], verifier: dict, metadata: str 
         "iteration": iteration,
         "model": first["model"],
         "task": task,
+        "difficulty": difficulty_of(json.loads(metadata or "{}")),
+        "first_round_pass_rate": first_round_pass_rate,
     }
 
 
@@ -212,16 +219,23 @@ class Plan:
     statuses: Counter = field(default_factory=Counter)
     rates: dict = field(default_factory=dict)
     paired_problems: int = 0
+    first_rates: dict = field(default_factory=dict)  # problem -> pass rate of its first round (sample_idx < n)
+    difficulty: dict = field(default_factory=dict)  # problem -> difficulty bucket (None: the task has none)
+    sft_rows: Counter = field(default_factory=Counter)  # problem -> sft rows
+    extra: Counter = field(default_factory=Counter)  # sample.until_correct's extra rounds: samples, correct, kept, problems
 
 
 def count_rows(inp: Inputs) -> Plan:
     """The first pass: how many rows each config and split gets (shard names carry the count)."""
     cfg, plan, methods = inp.cfg, Plan(), trim_methods(inp.cfg)
-    frac = cfg.export.validation_fraction
+    frac, n = cfg.export.validation_fraction, cfg.sample.n
     for shard in inp.selected.shards:
         chosen = defaultdict(list)
+        metadata = _metadata(inp.problems, shard["file"]) if shard["file"] in inp.problem_files else {}
         for r in inp.kept_rows(shard["file"], KEY_COLUMNS):
             plan.rows["sft"][split_of(r["problem_id"], frac)] += 1
+            plan.sft_rows[r["problem_id"]] += 1
+            plan.extra["kept"] += not r["rationalized"] and r["sample_idx"] >= n
             chosen[r["problem_id"]].append(r)
         for pid, samples in inp.verdicts(shard["file"]):
             split = split_of(pid, frac)
@@ -229,6 +243,12 @@ def count_rows(inp: Inputs) -> Plan:
             statuses = [s["status"] for s in samples]
             plan.statuses.update(statuses)
             plan.rates[pid] = round(statuses.count("correct") / len(samples), 4)
+            first = [s["status"] for s in samples if s["sample_idx"] < n]  # round r holds r*n .. r*n+n-1
+            plan.first_rates[pid] = round(first.count("correct") / len(first), 4) if first else None
+            plan.difficulty[pid] = difficulty_of(json.loads(metadata.get(pid) or "{}"))
+            if len(first) < len(samples):
+                plan.extra.update(samples=len(samples) - len(first), problems=1,
+                                  correct=statuses.count("correct") - first.count("correct"))
             pairs = len(pick_pairs(chosen.get(pid, []), samples, cfg, methods))
             plan.rows["preference"][split] += pairs
             plan.paired_problems += pairs > 0
@@ -281,7 +301,7 @@ def planned_shards(plan: Plan, rows_per_shard: int) -> dict[tuple[str, str], int
     return {(c, s): math.ceil(plan.rows[c][s] / rows_per_shard) for c in CONFIGS for s in SPLITS}
 
 
-def write_rows(inp: Inputs, sinks: Sinks) -> Iterator[tuple[str, pa.Table]]:
+def write_rows(inp: Inputs, sinks: Sinks, plan: Plan) -> Iterator[tuple[str, pa.Table]]:
     """The second pass: every input shard's rows into the sinks, each export shard as it fills."""
     cfg, it, task, methods = inp.cfg, inp.iteration, inp.cfg.task.name, trim_methods(inp.cfg)
     frac, thinking = cfg.export.validation_fraction, cfg.export.thinking
@@ -289,7 +309,9 @@ def write_rows(inp: Inputs, sinks: Sinks) -> Iterator[tuple[str, pa.Table]]:
         name = shard["file"]
         chosen = defaultdict(list)
         for row in inp.kept_rows(name):
-            yield from sinks.add("sft", split_of(row["problem_id"], frac), to_export_row(row, it, task, thinking))
+            pid = row["problem_id"]
+            yield from sinks.add("sft", split_of(pid, frac), to_export_row(row, it, task, thinking, plan.difficulty.get(pid),
+                                                                           plan.first_rates.get(pid)))
             chosen[row["problem_id"]].append(row)
         if name not in inp.verified_files:
             continue
@@ -306,7 +328,7 @@ def write_rows(inp: Inputs, sinks: Sinks) -> Iterator[tuple[str, pa.Table]]:
                 yield from sinks.add("preference", split,
                                      preference_row(c, {**full[r["pos"]], "text": r["text"]}, it, task, thinking))
             yield from sinks.add("prompts", split, prompts_row(full[samples[0]["pos"]], samples, inp.verifier,
-                                                               metadata.get(pid), it, task))
+                                                               metadata.get(pid), it, task, plan.first_rates.get(pid)))
     yield from sinks.close()
 
 
@@ -367,7 +389,7 @@ class ExportStage(MappedStage):
 
     def work(self, names: list[str]) -> Iterator[tuple[str, ShardOutput]]:
         wanted = set(names)
-        for name, table in write_rows(self.inputs, Sinks(self.plan, self.cfg.export.rows_per_shard)):
+        for name, table in write_rows(self.inputs, Sinks(self.plan, self.cfg.export.rows_per_shard), self.plan):
             if name in wanted:
                 yield name, ShardOutput(table)
 
@@ -390,7 +412,7 @@ class ExportStage(MappedStage):
         card = export_card.dataset_card(self.cfg, self.iteration, self.report,
                                         self.stages["verify"].manifest.get("fingerprint_parts", {}), content_hash)
         atomic_write_bytes(writer.path / "README.md", card.encode())
-        return {k: self.report[k] for k in ("funnel", "splits", "configs")}
+        return {k: self.report[k] for k in ("funnel", "splits", "configs", "sample_budget") if k in self.report}
 
     def summary(self, manifest: dict, resumed: int) -> str:
         rows = manifest["stats"]["configs"]
@@ -432,8 +454,15 @@ def export_stats(cfg: Config, stages: dict, plan: Plan, rows: dict) -> dict:
         "first_round_exported": exported - hinted_exported,
         "rationalized_problems": len(hinted_problems),
         "rationalized_kept": hinted_kept,
+        # sample.until_correct's extra rounds apart (counted in samples, correct, kept and exported above too)
+        "extra_samples": plan.extra["samples"],
+        "extra_problems": plan.extra["problems"],
+        "extra_correct": plan.extra["correct"],
+        "extra_kept": plan.extra["kept"],
+        "extra_exported": plan.extra["kept"],
     }
     rates = plan.rates
+    budget = stages["sample"].manifest.get("stats", {}).get("until_correct")
     return {
         "funnel": funnel,
         "verdicts": dict(plan.statuses),
@@ -444,7 +473,27 @@ def export_stats(cfg: Config, stages: dict, plan: Plan, rows: dict) -> dict:
         "problems_solved": sum(1 for r in rates.values() if r > 0),
         "mean_pass_rate": round(sum(rates.values()) / len(rates), 4) if rates else 0.0,
         "pass_rates": rates,
+        "first_round_pass_rates": plan.first_rates,
+        "by_difficulty": by_difficulty(plan),
+        **({"sample_budget": budget} if budget else {}),
     }
+
+
+def by_difficulty(plan: Plan) -> dict:
+    """Per difficulty bucket: problems, sft rows exported, problems solved and mean pass rate in the first round."""
+    out: dict = {}
+    for pid, label in plan.difficulty.items():
+        if label is None:
+            continue
+        b = out.setdefault(label, {"problems": 0, "exported": 0, "solved_first_round": 0, "first_round_pass_rate": 0.0})
+        rate = plan.first_rates.get(pid) or 0.0
+        b["problems"] += 1
+        b["exported"] += plan.sft_rows.get(pid, 0)
+        b["solved_first_round"] += rate > 0
+        b["first_round_pass_rate"] += rate
+    for b in out.values():
+        b["first_round_pass_rate"] = round(b["first_round_pass_rate"] / b["problems"], 4)
+    return dict(sorted(out.items()))
 
 
 def print_funnel(manifest: dict) -> None:
@@ -453,16 +502,20 @@ def print_funnel(manifest: dict) -> None:
     f = manifest["stats"]["funnel"]
     hinted_exported = f.get("rationalized_exported", 0)
     hinted_kept = f.get("rationalized_kept", hinted_exported)  # stats of an older export: every kept row is exported
-    first = {"problems": f["problems"], "samples": f["samples"], "correct": f["correct"],
-             "kept": f.get("first_round_kept", f["kept"] - hinted_kept),
-             "exported": f.get("first_round_exported", f["exported"] - hinted_exported)}
+    own = {"problems": f["problems"], "samples": f["samples"], "correct": f["correct"],
+           "kept": f.get("first_round_kept", f["kept"] - hinted_kept),
+           "exported": f.get("first_round_exported", f["exported"] - hinted_exported)}
     hinted = {"problems": f.get("rationalized_problems"), "samples": f.get("rationalized_samples", 0),
               "correct": f.get("rationalized_correct", 0), "kept": hinted_kept, "exported": hinted_exported}
-    columns = [("first round", first)]
-    if hinted["samples"]:
-        total = {"problems": f["problems"], "samples": first["samples"] + hinted["samples"],
-                 "correct": first["correct"] + hinted["correct"], "kept": f["kept"], "exported": f["exported"]}
-        columns += [("rationalized", hinted), ("total", total)]
+    # sample.until_correct: the model's own samples split into the first round and the extra rounds
+    extra = {"problems": f.get("extra_problems", 0), "samples": f.get("extra_samples", 0),
+             "correct": f.get("extra_correct", 0), "kept": f.get("extra_kept", 0), "exported": f.get("extra_exported", 0)}
+    first = {k: v if k == "problems" else v - extra[k] for k, v in own.items()}
+    columns = [("first round", first)] + ([("extra rounds", extra)] if extra["samples"] else [])
+    if hinted["samples"] or extra["samples"]:
+        total = {"problems": f["problems"], "samples": own["samples"] + hinted["samples"],
+                 "correct": own["correct"] + hinted["correct"], "kept": f["kept"], "exported": f["exported"]}
+        columns += ([("rationalized", hinted)] if hinted["samples"] else []) + [("total", total)]
     steps = list(first)
     width = max(map(len, steps))
 
@@ -480,8 +533,17 @@ def print_funnel(manifest: dict) -> None:
         print((f"  {step:<{width}}" + "".join(cell(name, values, step) for name, values in columns)).rstrip())
     if hinted["samples"]:
         print("  (% of the column's samples; rationalized: unsolved problems sampled again with the answer as a hint)")
+    elif extra["samples"]:
+        print("  (% of the column's samples; no rationalized rows)")
     else:
         print("  (% of samples; no rationalized rows)")
+    budget = manifest["stats"].get("sample_budget")
+    if extra["samples"] or budget:
+        b = budget or {}
+        print(f"  (extra rounds: sample.until_correct {b.get('policy', '')} k={b.get('k', '?')}, up to"
+              f" max_samples={b.get('max_samples', '?')} per problem: {extra['samples']} extra samples for"
+              f" {extra['problems']} problems; {b.get('reached_target', '?')} problems reached their target,"
+              f" {b.get('at_budget', '?')} stopped at the budget)")
     if f.get("rationalized_over_share"):
         print(f"  ({f['rationalized_over_share']} rationalizations left out by rationalize.max_share)")
     if f["rejected_inputs"]:

@@ -8,8 +8,9 @@ copies the hint (too short, or naming the hint) is marked wrong with that reason
 
 Shards match the verify stage's one to one, so dedup reads a shard of each. When the option
 is off (the default for generic data) the stage writes empty shards and loads no engine.
-Sample indices continue after the first round's (`sample.n + i`), so (problem_id,
-sample_idx) stays unique across both rounds.
+Sample indices continue after the sample stage's (`sample.n + i`; with `sample.until_correct`
+on, after its budget: `max_samples + i`), so (problem_id, sample_idx) stays unique across both
+stages.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ def copies_hint(text: str, min_words: int, forbid: list[str]) -> str | None:
         if phrase.lower() in lowered:
             return f"rationalization refers to the hint ({phrase!r})"
     return None
+
+
+def first_rationalized_idx(cfg: Config) -> int:
+    """The first sample index of a rationalization: past every index the sample stage may write
+    (sample.n, or with until_correct on its per-problem budget)."""
+    uc = cfg.sample.until_correct
+    return max(cfg.sample.n, uc.max_samples) if uc.enabled else cfg.sample.n
 
 
 def unsolved(verified: pa.Table, problems: dict[str, dict]) -> tuple[list[str], int]:
@@ -122,7 +130,7 @@ class RationalizeStage(MappedStage):
             gold, pids = by_shard[name]
             requests, plain = sent.pop(name)
             rows, rejects, _ = shard_rows(name, requests, results, n, self.engine, stage="rationalize",
-                                          first_idx=cfg.sample.n, prompts=plain,  # stored without the hint
+                                          first_idx=first_rationalized_idx(cfg), prompts=plain,  # stored without the hint
                                           think_tags=cfg.sample.think_tags)
             out = verify_table(schema.table(rows, schema.SAMPLES), gold, self.pool, verifier.name).to_pylist()
             check(len(out) == (len(pids) - len(rejects)) * n,

@@ -3,7 +3,10 @@
 It reads only what the stages wrote (eval.json, stats.json, the verify and rationalize
 shards), so it can be regenerated at any time and never changes data. Plots: held-out
 accuracy per iteration (iteration 0 is the base model), the funnel per iteration, correct
-samples per problem, pass@k on the training problems, and the share of rationalized rows.
+samples per problem, pass@k on the training problems, and the share of rationalized rows. A
+table by difficulty bucket (`steps=2`, `level=Level 5`: `tasks.difficulty_of`) shows, per
+iteration, held-out accuracy (eval.json's breakdown) beside the rows exported and the
+first-round pass rate of the training problems of that bucket (stats.json's `by_difficulty`).
 """
 
 from __future__ import annotations
@@ -52,8 +55,11 @@ def collect(cfg: Config) -> dict:
         if (stage_dir(cfg, k, "verify") / "_SUCCESS").exists():
             correct: Counter = Counter()
             total: Counter = Counter()
-            for _, t in reader(cfg, k, "verify").iter_shards(columns=["problem_id", "status"]):
-                for pid, status in zip(t["problem_id"].to_pylist(), t["status"].to_pylist()):
+            # the first round only (sample.until_correct's extra rounds go to the problems it failed: biased)
+            for _, t in reader(cfg, k, "verify").iter_shards(columns=["problem_id", "sample_idx", "status"]):
+                for pid, idx, status in zip(t["problem_id"].to_pylist(), t["sample_idx"].to_pylist(), t["status"].to_pylist()):
+                    if idx >= cfg.sample.n:
+                        continue
                     total[pid] += 1
                     correct[pid] += status == "correct"
             item["correct_per_problem"] = [correct[p] for p in total]
@@ -147,6 +153,41 @@ def paired_gain(base: dict[str, bool], other: dict[str, bool]) -> tuple[float, f
     return mean, math.sqrt(variance / n), n
 
 
+def buckets(data: dict) -> dict[int, dict[str, dict]]:
+    """Per iteration, per difficulty bucket (`key=value`): held-out accuracy (`eval`) and what the
+    export holds of that bucket's training problems (`export`)."""
+    out: dict[int, dict[str, dict]] = {}
+    for k, d in data.items():
+        found: dict[str, dict] = {}
+        for key, values in ((d.get("eval") or {}).get("by") or {}).items():
+            for value, r in values.items():
+                found.setdefault(f"{key}={value}", {})["eval"] = r
+        for label, b in ((d.get("export") or {}).get("by_difficulty") or {}).items():
+            found.setdefault(label, {})["export"] = b
+        if found:
+            out[k] = dict(sorted(found.items()))
+    return out
+
+
+def difficulty_table(data: dict) -> list[str]:
+    by = buckets(data)
+    if not by:
+        return []
+    lines = ["## By difficulty", "",
+             "| iteration | bucket | held-out accuracy | ± stderr | n | exported rows | training problems | first-round pass rate |",
+             "|---|---|---|---|---|---|---|---|"]
+    for k in sorted(by):
+        for label, b in by[k].items():
+            e, x = b.get("eval"), b.get("export")
+            acc = f"{100 * e['accuracy']:.1f}% | {100 * e.get('stderr', 0):.1f} | {e['n']}" if e else " | | "
+            rows = f"{x['exported']} | {x['problems']} | {100 * x['first_round_pass_rate']:.1f}%" if x else " | | "
+            lines.append(f"| {k} | {label} | {acc} | {rows} |")
+    lines += ["", "Accuracy is the model of that iteration on the held-out problems of the bucket (iteration 0: "
+              "the base model); exported rows and the first-round pass rate are of the problems that iteration "
+              "sampled for training.", ""]
+    return lines
+
+
 def render(cfg: Config, data: dict, plots: list[tuple[str, str]]) -> str:
     lines = [f"# {cfg.run.name}: self-improvement report", "",
              f"Task `{cfg.task.name}`, base model `{cfg.model.path}`, {len(data)} iteration(s) on disk.", ""]
@@ -169,13 +210,16 @@ def render(cfg: Config, data: dict, plots: list[tuple[str, str]]) -> str:
                   "(of the per-problem differences); a gain is clear of noise when gain / SE exceeds 2.", ""]
     funnels = {k: d["export"]["funnel"] for k, d in data.items() if d.get("export")}
     if funnels:
-        lines += ["## Funnel", "", "| iteration | problems | samples | correct | rationalized correct | kept | exported |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["## Funnel", "", "| iteration | problems | samples | correct | rationalized correct | kept | exported "
+                  "| extra-round samples | extra-round correct |", "|---|---|---|---|---|---|---|---|---|"]
         for k in sorted(funnels):
             f = funnels[k]
             lines.append(f"| {k} | {f['problems']} | {f['samples']} | {f['correct']} | {f.get('rationalized_correct', 0)}"
-                         f" | {f['kept']} | {f['exported']} |")
+                         f" | {f['kept']} | {f['exported']} | {f.get('extra_samples', 0)} | {f.get('extra_correct', 0)} |")
+        lines += ["", "samples and correct count every sample of the model's own (hint-free), the extra rounds of "
+                  "`sample.until_correct` included; those are also shown apart."]
         lines.append("")
+    lines += difficulty_table(data)
     for file, title in plots:
         lines += [f"### {title}", "", f"![{title}]({file})", ""]
     lines.append(f"_Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `selfimprove report`._")

@@ -121,3 +121,17 @@ def optional_id(value: Any) -> str | None:
 def extras(data: dict, used: set[str]) -> dict:
     """The record's fields that a task did not use, to keep as metadata."""
     return {k: v for k, v in data.items() if k not in used}
+
+
+# A problem's own difficulty, where its task records one in its metadata: the generated arithmetic
+# problems' number of steps, MATH's level. The same keys evaluate breaks accuracy down by
+# (`evaluate.breakdown`), so a bucket of the export and of the held-out accuracy share a label.
+DIFFICULTY_KEYS = ("steps", "level")
+
+
+def difficulty_of(metadata: dict | None) -> str | None:
+    """A problem's difficulty bucket as `key=value` (e.g. `steps=2`, `level=Level 5`), or None."""
+    for key in DIFFICULTY_KEYS:
+        if metadata and metadata.get(key) is not None:
+            return f"{key}={metadata[key]}"
+    return None
