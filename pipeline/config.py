@@ -142,11 +142,18 @@ class TaskConfig(Strict):
         return self.model_dump(mode="json", exclude=set(exclude) | unset)
 
 
-# vllm.LLM arguments that have a field of their own (None: set from elsewhere in the config)
-VLLM_KWARGS_WITH_FIELDS = {"model": None, "seed": None, "tokenizer": "tokenizer", "revision": "revision",
-                           "dtype": "dtype", "max_model_len": "max_model_len", "enforce_eager": "enforce_eager",
-                           "tensor_parallel_size": "tensor_parallel_size", "trust_remote_code": "trust_remote_code",
-                           "gpu_memory_utilization": "gpu_memory_utilization"}
+def refuse_own_keys(passthrough: str, keys, own: dict[str, str | None]) -> None:
+    """A pass-through dict (model.vllm_kwargs, sample.server.extra_body) may not set what a config
+    field of its own sets (`own`: key -> that field; None: set by selfimprove itself)."""
+    for key in keys:
+        if key in own:
+            raise ValueError(f"{passthrough}.{key}: " + (f"set {own[key]} instead" if own[key] else "is set by selfimprove"))
+
+
+# vllm.LLM arguments that have a field of their own (None: set from run.seed and model.path)
+VLLM_KWARGS_WITH_FIELDS = {"model": None, "seed": None, **{k: f"model.{k}" for k in (
+    "tokenizer", "revision", "dtype", "max_model_len", "enforce_eager", "tensor_parallel_size", "trust_remote_code",
+    "gpu_memory_utilization")}}
 
 
 class ModelConfig(Strict):
@@ -173,11 +180,7 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _own_fields_not_in_vllm_kwargs(self):
-        for key in self.vllm_kwargs:
-            if key in VLLM_KWARGS_WITH_FIELDS:
-                field = VLLM_KWARGS_WITH_FIELDS[key]
-                raise ValueError(f"vllm_kwargs.{key}: " + (f"set model.{field} instead" if field else
-                                                           "is set by selfimprove (run.seed, model.path)"))
+        refuse_own_keys("vllm_kwargs", self.vllm_kwargs, VLLM_KWARGS_WITH_FIELDS)
         return self
 
 
@@ -217,9 +220,7 @@ class ServerConfig(Strict):
                "top_p": "sample.top_p", "max_tokens": "sample.max_tokens", "max_completion_tokens": "sample.max_tokens",
                "top_k": "sample.top_k", "min_p": "sample.min_p", "stop": "sample.stop",
                "chat_template_kwargs": "sample.chat_template_kwargs"}
-        for key in self.extra_body:
-            if key in own:
-                raise ValueError(f"extra_body.{key}: " + (f"set {own[key]} instead" if own[key] else "is set by selfimprove"))
+        refuse_own_keys("extra_body", self.extra_body, own)
         for name, value in self.headers.items():
             if not name.strip() or any(c in name + value for c in "\r\n"):
                 raise ValueError(f"headers: {name!r}: a header needs a name, and neither name nor value may hold a line break")

@@ -3,11 +3,6 @@ test engines of tests/hard_engine.py (a difficulty mix: one-step problems right 
 three-step ones 6%)."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter, defaultdict
 
 import pyarrow.parquet as pq
@@ -19,7 +14,8 @@ from selfimprove.pipeline.config import ConfigError, load_config
 from selfimprove.pipeline.generation import request_seed, sampling_fingerprint
 from selfimprove.pipeline.stages import reader, stage_dir
 from selfimprove.pipeline.stages.sample import SampleStage, round_size, target
-from tests.conftest import ROOT, selfimprove
+from tests.conftest import selfimprove
+from tests.test_resume import _kill_after_first_shard
 
 HARD = "tests.hard_engine:HardEngine"
 SEEDED = "tests.hard_engine:SeededHardEngine"
@@ -258,19 +254,8 @@ def test_sigkill_during_a_later_wave_then_resume(fake_config, tmp_path):
 
     killed = config("killed")
     selfimprove("prepare", "--config", killed)
-    samples_dir = load_config(killed).iter_dir(1) / "samples"
-    proc = subprocess.Popen([sys.executable, "-m", "selfimprove.pipeline", "sample", "--config", str(killed)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "FAKE_ENGINE_DELAY": "0.4"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    samples_dir = _kill_after_first_shard(killed, {"FAKE_ENGINE_DELAY": "0.4"})
     journal = samples_dir / "_progress.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if journal.exists() and journal.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the stage finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     committed = {p.name: p.read_bytes() for p in samples_dir.glob("part-*.parquet")}
     assert committed and len(committed) < 5 and not (samples_dir / "_SUCCESS").exists()
     first = [json.loads(line) for line in journal.read_text().splitlines()]
