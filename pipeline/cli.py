@@ -56,7 +56,9 @@ def _stage_help(stage: str) -> tuple[str, str]:
     i = STAGES.index(stage)
     after = f" Then: selfimprove {STAGES[i + 1]}." if i + 1 < len(STAGES) else ""
     short = f"reads {reads.split(' (')[0]}, writes {writes}"
-    long = (f"The {stage} stage. Reads {reads}; writes {writes} (part-NNNNN.parquet shards, _manifest.json, "
+    shards = ("<config>-<split>-NNNNN-of-NNNNN.parquet shards of the sft, preference and prompts configs, README.md "
+              "(the dataset card), config.yaml, stats.json" if stage == "export" else "part-NNNNN.parquet shards")
+    long = (f"The {stage} stage. Reads {reads}; writes {writes} ({shards}, _manifest.json, "
             f"_rejects.parquet, _SUCCESS last). <run dir> is run.dir (default data/runs/<config name>), K is --iter."
             f"{after}")
     return short, long

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_MODEL_DIR = "data/models/smollm2-135m-instruct"
 
@@ -83,7 +83,7 @@ class RunConfig(Strict):
     seed: int = 1234
     problems_per_shard: int = Field(64, ge=1, description="unit of work and of resume")
     executor: Literal["local", "ray"] = Field(
-        "local", description="local: this process; ray: sample, verify and dedup on a Ray cluster (extra `ray`)")
+        "local", description="local: this process; ray: sample and verify on a Ray cluster (extra `ray`)")
     ray: RayConfig = Field(default_factory=RayConfig)
 
 
@@ -266,6 +266,12 @@ class SampleConfig(Strict):
     )
     server: ServerConfig = Field(default_factory=ServerConfig)
     until_correct: UntilCorrectConfig = Field(default_factory=UntilCorrectConfig)
+
+    @field_validator("per_request_seed", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        # YAML 1.1 reads a bare on/off as true/false: take them as the words the user wrote
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _tags_and_stops(self):

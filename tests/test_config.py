@@ -49,3 +49,11 @@ def test_config_hash_changes_with_content_not_with_run_dir():
     b = load_config(None, ["run.dir=/tmp/b"])
     c = load_config(None, ["sample.n=5"])
     assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_bare_on_and_off_mean_the_words_not_booleans(tmp_path):
+    """YAML 1.1 reads `off` as false: the documented `per_request_seed: off` must still work."""
+    p = tmp_path / "c.yaml"
+    p.write_text("sample:\n  per_request_seed: off\n")
+    assert load_config(p).sample.per_request_seed == "off"
+    assert load_config(None, ["sample.per_request_seed=on"]).sample.per_request_seed == "on"
