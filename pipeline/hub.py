@@ -183,8 +183,7 @@ def push(cfg: Config, iteration: int, repo_id: str, *, private: bool = False, re
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
     from huggingface_hub.utils import get_token, validate_repo_id
 
-    if logs._active is not None:  # huggingface_hub adds its terminal handler when a submodule loads, after the
-        logs._active.adopt()      # command's capture adopted `huggingface_hub`: its warnings go to the log too
+    logs.adopt_again()  # huggingface_hub adds its terminal handler when a submodule loads: its warnings to the log too
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ConfigError(f"--repo {repo_id!r}: give the dataset repository as ORG/NAME (or USER/NAME)")
     try:

@@ -50,6 +50,13 @@ VLLM_CONFIG = "vllm-logging.json"  # beside the log file: vLLM reads it when an 
 _active: Capture | None = None
 
 
+def adopt_again() -> None:
+    """Take library loggers back into the command's log: for a library that adds its terminal
+    handler only when one of its submodules loads, after the command started (huggingface_hub)."""
+    if _active is not None:
+        _active.adopt()
+
+
 def echo_level(verbosity: int) -> int:
     """From which level a library record also shows on the terminal: errors only by default (and
     with -q), warnings with -v, info with -vv."""
