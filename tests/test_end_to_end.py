@@ -54,7 +54,7 @@ def test_default_model_arithmetic(tmp_path):
 def test_gsm8k_from_shared_data(tmp_path):
     config = write_config(tmp_path / "c.yaml", {
         "run": {"dir": str(tmp_path / "run")},
-        "task": {"name": "gsm8k", "path": str(SHARED / "gsm8k" / "test.jsonl"), "limit": 10},
+        "task": {"name": "gsm8k", "path": str(SHARED / "gsm8k" / "train.jsonl"), "limit": 10},  # training never reads test
         "sample": {"n": 2, "max_tokens": 160},
     })
     selfimprove("run", "--config", config)
