@@ -135,6 +135,8 @@ class FaultServer:
             words = content.split()
             total += len(words)
             choice = {"index": i, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            if "THINK-APART" in text:  # a server with a reasoning parser: the thinking in a field of its own
+                choice["message"]["reasoning_content"] = f"thinking {i}: The answer is 99."
             if self.logprobs and body.get("logprobs"):
                 choice["logprobs"] = {"content": [{"token": w, "logprob": -0.5} for w in words]}
             choices.append(choice)

@@ -458,3 +458,24 @@ def test_real_vllm_server_killed_mid_run_with_the_pipeline_then_both_restarted(t
     assert {r["model"] for r in rows} == {cfg.model.path}
     resumed = int(out.split(" samples taken from the request journal")[0].rsplit(" ", 1)[-1])
     assert resumed >= sum(journalled.values()) > 0, out
+
+
+def test_thinking_a_server_returns_apart_is_kept_and_never_read_for_the_answer(tmp_path):
+    """A server with a reasoning parser (vLLM --reasoning-parser) sends the thinking in
+    `reasoning_content`: it comes back inside the think tags, so the sample row keeps it in
+    `reasoning` and the verifier reads only the answer after it."""
+    from selfimprove.pipeline.generation import shard_rows
+
+    with FaultServer() as server:
+        cfg = _cfg(tmp_path, server)
+        engine = OpenAIEngine(cfg)
+        try:
+            requests = _requests("q THINK-APART")
+            results = engine.generate(requests, SamplingParams.of(cfg.sample, n=2))
+            rows, _, _ = shard_rows("part-00000", requests, results, 2, engine, think_tags=cfg.sample.think_tags)
+        finally:
+            engine.close()
+    for i, (c, row) in enumerate(zip(results[0].completions, rows)):
+        assert c.text == f"<think>thinking {i}: The answer is 99.</think>" + answer("q THINK-APART", 100, i)
+        assert row["reasoning"] == f"<think>thinking {i}: The answer is 99.</think>"
+        assert row["text"] == answer("q THINK-APART", 100, i) and "99" not in row["text"]

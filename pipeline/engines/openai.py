@@ -424,6 +424,17 @@ class OpenAIEngine(Engine):
                 raise _Failed(self._gave_up(reason))
             stop.wait(self._retry_delay())
 
+    def _text(self, message: dict) -> str:
+        """The completion as the model wrote it: a server with a reasoning parser returns the
+        thinking apart (`reasoning_content`, or `reasoning`); it is put back inside
+        `sample.think_tags`, so the sample stage stores it apart and never reads an answer in it."""
+        content = message.get("content") or ""
+        thinking = message.get("reasoning_content") or message.get("reasoning")
+        tags = self.cfg.sample.think_tags
+        if not isinstance(thinking, str) or not thinking or not tags:
+            return content
+        return f"{tags[0]}{thinking}{tags[1]}{content}"
+
     def _fetch(self, task: _Task, samples: list[int], n: int) -> list[int]:
         """Fetch `samples` with one request of `n` choices; record what came; return indices still missing."""
         shard, req = task.shard, task.shard.requests[task.index]
@@ -433,7 +444,7 @@ class OpenAIEngine(Engine):
         choices, prompt_tokens, counts = self._complete(self.payload(req, shard.params, n, seed), shard.stop)
         got = {}
         for idx, ch, (tokens, logprob) in zip(samples, choices, counts):
-            got[idx] = Completion(text=ch["message"].get("content") or "", finish_reason=str(ch.get("finish_reason") or "unknown"),
+            got[idx] = Completion(text=self._text(ch["message"]), finish_reason=str(ch.get("finish_reason") or "unknown"),
                                   completion_tokens=tokens, cumulative_logprob=logprob)
         shard.journal.record(req.key, shard.hashes[task.index], prompt_tokens, got)
         with shard.journal.lock:
