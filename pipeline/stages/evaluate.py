@@ -28,7 +28,7 @@ from selfimprove.pipeline.engines import Request, SamplingParams, load_engine
 from selfimprove.pipeline.runs import check, stage_dir
 from selfimprove.pipeline.skeleton import MappedStage, ShardOutput, run_mapped
 from selfimprove.pipeline.tasks.problems import normalise_question, problem_id, source_identity, validate_answer, validate_question
-from selfimprove.pipeline.generation import ADDED_FIELDS, config_section, request_seed, use_request_seed
+from selfimprove.pipeline.generation import request_seed, use_request_seed
 from selfimprove.pipeline.prompts import split_thinking
 from selfimprove.pipeline.metrics import pass_at_k, rate
 from selfimprove.pipeline.runs import model_fingerprint, trained_model
@@ -202,13 +202,13 @@ def _samples_table(requests: list[Request], results, model: str, n: int,
 
 def fingerprint(cfg: Config, model: str, task_cfg: TaskConfig, verifier, problems: list[dict]) -> dict:
     # top_k, min_p, stop, chat-template arguments, thinking tags: part of it only where set
-    extras = {k: v for k, v in config_section(cfg, "sample", {"until_correct"}).items() if k in ADDED_FIELDS["sample"]}
+    extras = {k: v for k, v in cfg.sample.fingerprint_dump({"until_correct"}).items() if k in cfg.sample.added_fields()}
     return {
         "problems": digest([p["problem_id"] for p in problems]),  # what is left after the overlap guard
-        "model": {"path": model, "identity": model_fingerprint(model), **config_section(cfg, "model", {"path"})},
+        "model": {"path": model, "identity": model_fingerprint(model), **cfg.model.fingerprint_dump({"path"})},
         "engine": cfg.sample.engine,
         **({"sampling": extras} if extras else {}),
-        "heldout": {**task_cfg.fingerprint_part(), "default_user": get_task(task_cfg).default_user_prompt},
+        "heldout": {**task_cfg.fingerprint_dump(), "default_user": get_task(task_cfg).default_user_prompt},
         "source": source_identity(task_cfg.path),
         "evaluate": cfg.evaluate.model_dump(mode="json", exclude={"task", "count", "seed_offset"}),
         "verifier": verifier.fingerprint(),

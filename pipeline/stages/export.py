@@ -348,8 +348,7 @@ def fingerprint(cfg: Config, iteration: int, stages: dict) -> dict:
         "rationalized": stages["rationalize"].output_hash,
         "verifier": stages["verify"].manifest.get("fingerprint_parts", {}).get("verifier"),
         "verifier_spec": verifier_spec(cfg),
-        # thinking added later: at its default left out, so earlier exports stay up to date
-        "export": cfg.export.model_dump(mode="json", exclude={"thinking"} if cfg.export.thinking == "keep" else set()),
+        "export": cfg.export.fingerprint_dump(),
         "task": t.name,
         "source": {"path": t.path, "split": t.split, "limit": t.limit,
                    "arithmetic": t.arithmetic.model_dump(mode="json") if t.name == "arithmetic" else None},

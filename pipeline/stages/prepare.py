@@ -134,7 +134,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
     started = time.time()
     answer_required = gold_required(cfg)
     parts = {
-        "task": cfg.task.fingerprint_part({"prompt"}),
+        "task": cfg.task.fingerprint_dump({"prompt"}),
         "source": source_identity(cfg.task.path),
         "problems_per_shard": cfg.run.problems_per_shard,
         "answer_required": answer_required,

@@ -36,7 +36,6 @@ import pyarrow as pa
 
 from selfimprove.pipeline import schema
 from selfimprove.pipeline.config import Config, digest
-from selfimprove.pipeline.generation import config_section
 from selfimprove.pipeline.model import resolve_model_path, resolve_tokenizer_path
 from selfimprove.pipeline.prompts import prompt_ids, uses_chat_template
 from selfimprove.pipeline.runs import model_fingerprint, model_for_iteration, starting_model, trained_model
@@ -278,7 +277,7 @@ def load_tokenizer(cfg: Config, start: str):
 
 def fingerprint(cfg: Config, readers: dict[int, StageReader], start: str) -> dict:
     # how prompts become text (tokenizer, prompt format, chat-template arguments): only where set
-    prompting = {k: v for k, v in {**config_section(cfg, "model"), **config_section(cfg, "sample")}.items()
+    prompting = {k: v for k, v in {**cfg.model.fingerprint_dump(), **cfg.sample.fingerprint_dump()}.items()
                  if k in ("tokenizer", "trust_remote_code", "prompt_format", "chat_template_kwargs")}
     return {
         "exports": {str(j): r.output_hash for j, r in readers.items()},
