@@ -153,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", type=int, default=0)
     c.add_argument("--timeout", type=float, default=5.0, help="hard limit per item, seconds")
     c.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    p = add("serve-reward", help="serve the run's verifier as an RL reward over HTTP (verl, OpenRLHF, your own trainer)",
+            description="Scores completions with the run's verifier (verify.verifier, verify.params; auto: the task's "
+                        "default) in its killable worker pool (verify.timeout_s, verify.workers, verify.memory_limit_mb), "
+                        "thinking sections (sample.think_tags) left out: POST /score {completions, answers[, prompts]} -> "
+                        "{rewards, statuses, reasons}; OpenRLHF's --remote_rm_url body {query, prompts, labels} at /score "
+                        "or /get_reward; GET /health. Unauthenticated: loopback only unless --host says otherwise. "
+                        "Stops on Ctrl-C or SIGTERM. See docs/rewards.md.")
+    p.add_argument("--config", default=None, help="run config YAML (default: built-in defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config field, e.g. --set verify.timeout_s=10 (repeatable)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; another one exposes an unauthenticated endpoint)")
+    p.add_argument("--port", type=int, default=8100, help="port (default 8100; 0: any free port, printed)")
+    p.add_argument("--verifier", default=None, help="a registered name or package.module:Class, instead of verify.verifier")
     p = add("model", help="prepare a model")
     p.add_argument("which", choices=["default"], help="default: convert the packaged SmolLM2-135M-Instruct once")
     p.add_argument("--target", default=None, help="output directory (default data/models/smollm2-135m-instruct)")
@@ -245,6 +259,19 @@ def push_command(args, cfg: Config) -> int:
     print(f"push: {len(done['files'])} files of {done['export']} to {done['url']} ({done['revision']}{deleted})\n"
           f"  commit {done['commit_url']}\n  datasets.load_dataset({args.repo!r}"
           + (f", revision={args.revision!r})" if args.revision else ")"), flush=True)
+    return 0
+
+
+def serve_reward_command(args, cfg: Config) -> int:
+    from selfimprove.pipeline.rewards import is_loopback, serve, verifier_reward_from_config
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0..65535, got {args.port}")
+    if not is_loopback(args.host):
+        print(f"selfimprove: warning: listening on {args.host}, beyond this machine; the endpoint has no "
+              "authentication, so anyone who can reach it can use it", file=sys.stderr, flush=True)
+    serve(verifier_reward_from_config(cfg, args.verifier), args.host, args.port,
+          announce=lambda line: print(line, flush=True))
     return 0
 
 
@@ -364,6 +391,8 @@ def _command(args, cfg: Config | None, capture: logs.Capture) -> int:
         return 0
     if args.command == "push":
         return push_command(args, cfg)
+    if args.command == "serve-reward":
+        return serve_reward_command(args, cfg)
     if args.iteration < (0 if args.command == "evaluate" else 1):
         raise ConfigError("--iter must be 1 or more (0, the base model, only for evaluate)")
     started = time.time()
