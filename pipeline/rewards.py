@@ -109,7 +109,8 @@ class VerifierReward:
 
     def __init__(self, verifier: str = "auto", params: dict | None = None, answer_column: str = "answer",
                  timeout_s: float = 5.0, workers: int = 0, memory_limit_mb: int = 4096,
-                 think_tags=("<think>", "</think>"), task: str | None = None, kind: str = "correct"):
+                 think_tags=("<think>", "</think>"), task: str | None = None, kind: str = "correct",
+                 eos_token_ids=None):
         if verifier == "auto":
             from selfimprove.pipeline.tasks import get_task
 
@@ -117,6 +118,7 @@ class VerifierReward:
         self.spec, self.params = verifier, dict(params or {})
         self.answer_column, self.think_tags, self.kind = answer_column, _tags(think_tags), kind
         self.limits = (workers, timeout_s, memory_limit_mb)
+        self.eos_token_ids = frozenset(eos_token_ids or ())
         self._pool: VerifyPool | None = self._new_pool()  # checks spec, params and limits now; no process yet
         self.verifier_name = self._pool.verifier.name
         self.needs_gold = self._pool.verifier.needs_gold
@@ -144,20 +146,32 @@ class VerifierReward:
             raise RequestError(f"the reward needs each row's gold answer in the column {self.answer_column!r}, which "
                                f"the batch lacks; columns present: {', '.join(present) or 'none'} (set answer_column "
                                "to the one holding it; selfimprove's prompts export names it 'answer')")
-        verdicts = self.verdicts(completions, answers, prompts, columns.get("metadata"), columns.get("problem_id"))
+        verdicts = self.verdicts(completions, answers, prompts, columns.get("metadata"), columns.get("problem_id"),
+                                 finish_reasons=self.finish_reasons(columns.get("completion_ids")))
         if self.kind == "correct":
             _log_to_trainer(verdicts, columns.get("log_metric"), columns.get("log_extra"))
         return [self.value(v) for v in verdicts]
 
+    def finish_reasons(self, completion_ids: list | None) -> list[str] | None:
+        """"length" for a completion that ends without an end-of-sequence token (cut off at the
+        trainer's max_completion_length), else "stop"; None where that cannot be told (no
+        `eos_token_ids` given, or the trainer passed no token ids)."""
+        if not self.eos_token_ids or completion_ids is None:
+            return None
+        return ["stop" if len(ids) and int(ids[-1]) in self.eos_token_ids else "length" for ids in completion_ids]
+
     def verdicts(self, completions: list, answers: list | None, prompts: list | None = None,
                  metadata: list | None = None, problem_ids: list | None = None,
-                 answer_name: str | None = None) -> list[Verdict]:
+                 answer_name: str | None = None, finish_reasons: list[str] | None = None) -> list[Verdict]:
         """One verdict per completion, in order. Rows of one problem (same prompt or problem id, gold
         and metadata) go to the verifier together, which a group verifier (majority) needs.
-        `answer_name` names the gold answers in errors (default: the answer column)."""
+        `answer_name` names the gold answers in errors (default: the answer column). A completion
+        whose finish reason is "length" was cut off: the verifier then takes only an explicitly
+        marked final answer (no "last number" fallback), as in the verify stage."""
         n = len(completions)
         answer_name = answer_name or self.answer_column
-        for name, col in ((answer_name, answers), ("prompts", prompts), ("metadata", metadata), ("problem_id", problem_ids)):
+        for name, col in ((answer_name, answers), ("prompts", prompts), ("metadata", metadata), ("problem_id", problem_ids),
+                          ("completion_ids", finish_reasons)):
             if col is not None and len(col) != n:
                 raise RequestError(f"{name}: {len(col)} values for {n} completions")
         results: list[Verdict | None] = [None] * n
@@ -177,7 +191,8 @@ class VerifierReward:
                 problem = {"problem_id": f"problem-{len(groups)}", "question": question, "answer": gold, "metadata": md}
                 groups[key] = (problem, [])
             groups[key][1].append(i)
-        jobs = [(problem, [{"sample_idx": k, "text": texts[i], "finish_reason": "stop"} for k, i in enumerate(rows)])
+        jobs = [(problem, [{"sample_idx": k, "text": texts[i], "finish_reason": finish_reasons[i] if finish_reasons else "stop"}
+                          for k, i in enumerate(rows)])
                 for problem, rows in groups.values()]
         if jobs:
             if self._pool is None:
@@ -215,7 +230,7 @@ def _log_to_trainer(verdicts: list[Verdict], log_metric, log_extra) -> None:
 
 def verifier_reward(verifier: str = "auto", params: dict | None = None, answer_column: str = "answer",
                     timeout_s: float = 5.0, workers: int = 0, memory_limit_mb: int = 4096,
-                    think_tags=("<think>", "</think>"), task: str | None = None) -> VerifierReward:
+                    think_tags=("<think>", "</think>"), task: str | None = None, eos_token_ids=None) -> VerifierReward:
     """A reward function for RL trainers: `reward(prompts, completions, **columns)` -> one of 1.0
     (verifier accepts), 0.0 (rejects, or no clear final answer), None (could not judge) per completion.
 
@@ -223,8 +238,11 @@ def verifier_reward(verifier: str = "auto", params: dict | None = None, answer_c
     task's: numeric), a registered name, or "module:Class"; `params` its parameters. The gold
     answer of row i is `columns[answer_column][i]`. The limits are the verify stage's
     (`timeout_s` hard wall-clock limit per item, `workers` 0 = one per core, `memory_limit_mb`).
+    `eos_token_ids` (the tokenizer's end-of-sequence ids): with them, a completion whose token ids
+    (TRL passes `completion_ids`) do not end in one was cut off, and gets no weak-fallback answer.
     """
-    return VerifierReward(verifier, params, answer_column, timeout_s, workers, memory_limit_mb, think_tags, task)
+    return VerifierReward(verifier, params, answer_column, timeout_s, workers, memory_limit_mb, think_tags, task,
+                          eos_token_ids=eos_token_ids)
 
 
 def format_reward(verifier: str = "auto", params: dict | None = None, answer_column: str = "answer",
@@ -236,12 +254,13 @@ def format_reward(verifier: str = "auto", params: dict | None = None, answer_col
                           kind="format")
 
 
-def verifier_reward_from_config(cfg: Config, verifier: str | None = None) -> VerifierReward:
+def verifier_reward_from_config(cfg: Config, verifier: str | None = None, eos_token_ids=None) -> VerifierReward:
     """`verifier_reward` with the run's verifier and limits (`verify.*`; "auto": the task's
     default) and thinking tags (`sample.think_tags`); `verifier` replaces `verify.verifier`."""
     v = cfg.verify
     return verifier_reward(verifier or v.verifier, v.params, timeout_s=v.timeout_s, workers=v.workers,
-                           memory_limit_mb=v.memory_limit_mb, think_tags=cfg.sample.think_tags, task=cfg.task.name)
+                           memory_limit_mb=v.memory_limit_mb, think_tags=cfg.sample.think_tags, task=cfg.task.name,
+                           eos_token_ids=eos_token_ids)
 
 
 # -- HTTP -----------------------------------------------------------------------------------------

@@ -162,3 +162,13 @@ def test_grpo_trainer_trains_a_step_on_the_verifier_reward(tmp_path):
     assert len(statuses) == 4 and set(statuses) <= {"correct", "wrong", "no_answer"}
     shares = [logged[f"verifier/{s}"] for s in ("correct", "wrong", "no_answer", "timeout", "error")]
     assert sum(shares) == pytest.approx(1.0)
+
+
+def test_a_completion_cut_off_at_the_length_limit_gets_no_last_number_answer():
+    """TRL passes completion_ids: one not ending in an end-of-sequence id was cut off, and the
+    number it stopped at is not its final answer (the verify stage's rule)."""
+    with verifier_reward(workers=1, eos_token_ids=[0]) as reward:
+        texts = ["2 + 3 = 5", "2 + 3 = 5", "2 + 3 = 5. The answer is 5."]
+        ids = [[11, 12, 0], [11, 12, 13], [11, 12, 13]]  # finished, cut off, cut off after an explicit answer
+        assert score(reward, texts, completion_ids=ids) == [1.0, 0.0, 1.0]
+        assert score(reward, texts[:2]) == [1.0, 1.0], "without token ids every completion counts as finished"
