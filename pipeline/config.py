@@ -452,15 +452,19 @@ class TrainConfig(Strict):
 
 class PassAtKConfig(Strict):
     n: int = Field(8, ge=1, le=1024, description="samples per held-out problem")
-    temperature: float = Field(0.8, gt=0)
-    top_p: float = Field(0.95, gt=0, le=1)
+    temperature: float = Field(0.8, gt=0, description="sampling temperature of the n samples")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling of the n samples")
     k: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], description="pass@k reported for each k <= n")
+    maj_at_k: list[int] | None = added(
+        None, description="maj@k (self-consistency: a majority vote over k of the same n samples) reported for each "
+        "k <= n; null: the same list as k; []: none")
 
     @model_validator(mode="after")
     def _k_within_n(self) -> "PassAtKConfig":
-        bad = [k for k in self.k if k < 1 or k > self.n]
-        if bad:
-            raise ValueError(f"pass@k: every k must be between 1 and n={self.n} (got {bad})")
+        for name, ks in (("k", self.k), ("maj_at_k", self.maj_at_k or [])):
+            bad = [k for k in ks if k < 1 or k > self.n]
+            if bad:
+                raise ValueError(f"pass_at_k.{name}: every k must be between 1 and n={self.n} (got {bad})")
         return self
 
 
@@ -473,7 +477,8 @@ class EvalConfig(Strict):
     count: int = Field(200, ge=1, description="size of the default held-out arithmetic set")
     seed_offset: int = Field(1_000_000, ge=0, description="start of the default held-out arithmetic seed range")
     max_tokens: int = Field(256, ge=1)
-    pass_at_k: PassAtKConfig | None = Field(None, description="also sample n per problem and estimate pass@k; off when null")
+    pass_at_k: PassAtKConfig | None = Field(None, description="also sample n per problem and estimate pass@k and maj@k "
+                                            "(self-consistency) from those samples; off when null")
     breakdown: list[str] = Field(
         default_factory=lambda: ["steps", "level"], description="problem metadata keys to break accuracy down by, where present"
     )

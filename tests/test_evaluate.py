@@ -130,3 +130,75 @@ def test_base_model_on_a_handful_of_problems(tmp_path):
     values = result["pass_at_k"]["values"]
     assert 0 <= values["1"] <= values["3"] <= 1
     assert values["3"] == round(sum(r["samples_correct"] > 0 for r in rows) / 6, 4)
+    maj = result["maj_at_k"]
+    assert set(maj["values"]) == set(maj["stderr"]) == {"1", "3"} and maj["values"]["1"] == values["1"]
+    assert all(len(r["sample_answers"]) == len(r["sample_correct"]) == 3 for r in rows)
+
+
+def test_maj_at_k_from_the_same_samples_kept_per_row_and_across_a_resume(fake_config, capsys):
+    """maj@k for each k, with stderr, from the n samples pass@k drew; each row keeps the samples'
+    answers and verdicts, so the figure is recomputed from the shards, and a resume keeps it."""
+    from tests.test_self_consistency import brute_force
+
+    config = fake_config(run={"problems_per_shard": 5}, evaluate={"count": 12, "pass_at_k": {"n": 4, "k": [1, 2, 4]}})
+    assert main(["evaluate", "--config", str(config), "--iter", "0"]) == 0
+    assert "maj@4" in capsys.readouterr().out
+    cfg = load_config(config)
+    rows = reader(cfg, 0, "evaluate").read_all().to_pylist()
+    for row in rows:  # the fake engine answers the gold answer, or gold followed by 1
+        assert len(row["sample_answers"]) == len(row["sample_correct"]) == 4
+        assert sum(row["sample_correct"]) == row["samples_correct"]
+        assert [a == (row["answer"] if ok else row["answer"] + "1") for a, ok in
+                zip(row["sample_answers"], row["sample_correct"])] == [True] * 4, row
+    result = _eval(cfg)
+    maj = result["maj_at_k"]
+    assert set(maj["values"]) == set(maj["stderr"]) == {"1", "2", "4"} and maj["n"] == 4
+    for k in (1, 2, 4):  # C(4, k) <= 2000: the exact average over subsets
+        per_problem = [brute_force(r["sample_answers"], r["sample_correct"], k) for r in rows]
+        mean = sum(per_problem) / 12
+        assert maj["values"][str(k)] == round(mean, 4)
+        se = math.sqrt(sum((v - mean) ** 2 for v in per_problem) / 11 / 12)
+        assert maj["stderr"][str(k)] == round(se, 4) and se > 0
+    # one sample votes alone: maj@1 is pass@1; with two, a 1-1 tie goes to the first sample
+    assert maj["values"]["1"] == result["pass_at_k"]["values"]["1"]
+    assert maj["values"]["4"] <= result["pass_at_k"]["values"]["4"]
+    assert set(result["pass_at_k"]["stderr"]) == {"1", "2", "4"}
+
+    # interrupted after two of the three shards: the resume redoes one and the figures stay
+    folder = stage_dir(cfg, 0, "evaluate")
+    for name in ("_SUCCESS", "_manifest.json", "part-00002.parquet"):
+        (folder / name).unlink()
+    kept = (folder / "part-00000.parquet").stat().st_mtime_ns
+    assert main(["evaluate", "--config", str(config), "--iter", "0"]) == 0
+    assert (folder / "part-00000.parquet").stat().st_mtime_ns == kept and (folder / "part-00002.parquet").exists()
+    assert _eval(cfg)["maj_at_k"] == maj and _eval(cfg)["pass_at_k"] == result["pass_at_k"]
+
+
+def test_maj_at_k_list_of_its_own_and_fingerprints(fake_config):
+    """maj_at_k may name its own ks; without pass@k the fingerprint is what it was before maj@k."""
+    from selfimprove.pipeline.stages.evaluate import evaluate_part
+
+    cfg = load_config(fake_config())
+    assert evaluate_part(cfg) == cfg.evaluate.model_dump(mode="json", exclude={"task", "count", "seed_offset"})
+    on = load_config(fake_config(evaluate={"pass_at_k": {"n": 4, "k": [1, 4]}}))
+    own = load_config(fake_config(evaluate={"pass_at_k": {"n": 4, "k": [1, 4], "maj_at_k": [3]}}))
+    assert "maj_at_k" not in evaluate_part(on)["pass_at_k"] and evaluate_part(own)["pass_at_k"]["maj_at_k"] == [3]
+    # with pass@k, the rows gained per-sample answers: evaluations made before are stale
+    before = on.evaluate.model_dump(mode="json", exclude={"task": True, "count": True, "seed_offset": True,
+                                                          "pass_at_k": {"maj_at_k"}})
+    assert evaluate_part(on) != before
+    with pytest.raises(ValueError, match=r"pass_at_k.maj_at_k: every k must be between 1 and n=4 \(got \[5\]\)"):
+        load_config(fake_config(evaluate={"pass_at_k": {"n": 4, "k": [1], "maj_at_k": [5]}}))
+
+    config = fake_config(evaluate={"count": 6, "pass_at_k": {"n": 4, "k": [1, 4], "maj_at_k": [3]}})
+    assert main(["evaluate", "--config", str(config), "--iter", "0"]) == 0
+    result = _eval(load_config(config))
+    assert set(result["maj_at_k"]["values"]) == {"3"} and set(result["pass_at_k"]["values"]) == {"1", "4"}
+
+
+def test_rows_without_sample_answers_are_refused_by_name():
+    from selfimprove.pipeline.stages.evaluate import majority_values
+
+    row = {"problem_id": "arith-7", "samples": 4, "samples_correct": 2, "sample_answers": None, "sample_correct": None}
+    with pytest.raises(ValueError, match="row arith-7 has no per-sample answers for maj@k"):
+        majority_values([row], [1], run_seed=0)

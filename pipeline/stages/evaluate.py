@@ -8,9 +8,22 @@ run when one of them shares a problem id or a question with the run's training p
 Answers are checked by the run's verifier in the same killable worker pool as the verify stage.
 
 Writes `iter-k/eval/`: `part-NNNNN.parquet` (one row per problem: the greedy answer and its
-verdict; with `evaluate.pass_at_k`, how many of n samples were correct), `eval.json`
-(accuracy, n, binomial stderr, accuracy per `steps` or other metadata key, pass@k) and the
-usual stage files. Shards are committed as they finish, so an interrupted evaluation resumes.
+verdict; with `evaluate.pass_at_k`, how many of n samples were correct and each sample's answer
+and verdict), `eval.json` (accuracy, n, binomial stderr, accuracy per `steps` or other metadata
+key, pass@k and maj@k with their standard errors) and the usual stage files. Shards are committed
+as they finish, so an interrupted evaluation resumes.
+
+maj@k (self-consistency) comes from the same n samples as pass@k: a majority vote over k of a
+problem's samples is right or not (`metrics.maj_at_k`). Precision-first: a sample votes only with
+a final answer the verifier judged correct or wrong (no_answer, timeout and error do not vote; a
+problem with no vote scores 0). Every correct sample votes for one class, whatever its surface
+form (0.5 and 1/2); wrong answers are grouped by their text after the verifier's `normalize`
+where it has one (the exact verifier), else stripped. The largest class wins; of tied classes, the
+one whose first sample (lowest sample index) comes first. For k < n the vote is averaged over
+every k-subset of the n samples, or over MAJ_SUBSETS random ones (seeded by run.seed and the
+problem id) where there are more; k == n is the one vote over all samples. Each row keeps
+`sample_answers` (each sample's answer as it voted, null: no final answer) and `sample_correct`,
+so the figure can be recomputed from the shards (`metrics.maj_at_k`, `metrics.maj_seed`).
 """
 
 from __future__ import annotations
@@ -30,10 +43,11 @@ from selfimprove.pipeline.skeleton import MappedStage, ShardOutput, run_mapped
 from selfimprove.pipeline.tasks.problems import normalise_question, problem_id, source_identity, validate_answer, validate_question
 from selfimprove.pipeline.generation import request_seed, use_request_seed
 from selfimprove.pipeline.prompts import split_thinking
-from selfimprove.pipeline.metrics import pass_at_k, rate
+from selfimprove.pipeline.metrics import maj_at_k, maj_seed, mean_stderr, pass_at_k, rate
 from selfimprove.pipeline.runs import model_fingerprint, trained_model
 from selfimprove.pipeline.verification import build_verifier, open_pool, verifier_spec, verify_table
 from selfimprove.pipeline.store import SUCCESS, StageReader, atomic_write_json, part_name
+from selfimprove.verifiers.base import MAX_ANSWER_CHARS
 from selfimprove.pipeline.tasks import get_task, render_prompt
 
 ROWS = pa.schema(
@@ -51,6 +65,8 @@ ROWS = pa.schema(
         ("correct", pa.bool_()),
         ("samples", pa.int32()),  # pass@k: samples drawn (null without pass@k)
         ("samples_correct", pa.int32()),
+        ("sample_answers", pa.list_(pa.string())),  # maj@k: each sample's answer as it votes (null: no final answer)
+        ("sample_correct", pa.list_(pa.bool_())),  # each sample's verdict is correct
     ]
 )
 
@@ -173,12 +189,29 @@ def scores(rows: list[dict], cfg: Config) -> dict:
     result["mean_completion_tokens"] = round(sum(r["completion_tokens"] for r in rows) / len(rows), 1) if rows else 0.0
     pk = cfg.evaluate.pass_at_k
     if pk is not None and rows:
-        result["pass_at_k"] = {
-            "n": pk.n, "temperature": pk.temperature, "top_p": pk.top_p,
-            "values": {str(k): round(sum(pass_at_k(r["samples"], r["samples_correct"], k) for r in rows) / len(rows), 4)
-                       for k in pk.k},
-        }
+        passes = {k: [pass_at_k(r["samples"], r["samples_correct"], k) for r in rows] for k in pk.k}
+        result["pass_at_k"] = {"n": pk.n, "temperature": pk.temperature, "top_p": pk.top_p, **_figures(passes)}
+        maj_ks = pk.k if pk.maj_at_k is None else pk.maj_at_k
+        if maj_ks:
+            result["maj_at_k"] = {"n": pk.n, **_figures(majority_values(rows, maj_ks, cfg.run.seed))}
     return result
+
+
+def _figures(per_problem: dict[int, list[float]]) -> dict:
+    """{values, stderr} per k: the mean over problems and its standard error."""
+    stats = {str(k): mean_stderr(v) for k, v in per_problem.items()}
+    return {"values": {k: round(m, 4) for k, (m, _) in stats.items()},
+            "stderr": {k: round(se, 4) for k, (_, se) in stats.items()}}
+
+
+def majority_values(rows: list[dict], ks: list[int], run_seed: int) -> dict[int, list[float]]:
+    """Per k, each problem's maj@k from its row's sample answers and verdicts."""
+    for r in rows:
+        if r.get("sample_answers") is None or len(r["sample_answers"]) != r["samples"]:
+            raise ValueError(f"evaluate: row {r['problem_id']} has no per-sample answers for maj@k (a shard from "
+                             "before maj@k); rerun `selfimprove evaluate` with --force")
+    return {k: [maj_at_k(r["sample_answers"], r["sample_correct"], k, maj_seed(run_seed, r["problem_id"])) for r in rows]
+            for k in ks}
 
 
 def _samples_table(requests: list[Request], results, model: str, n: int,
@@ -210,14 +243,23 @@ def fingerprint(cfg: Config, model: str, task_cfg: TaskConfig, verifier, problem
         **({"sampling": extras} if extras else {}),
         "heldout": {**task_cfg.fingerprint_dump(), "default_user": get_task(task_cfg).default_user_prompt},
         "source": source_identity(task_cfg.path),
-        "evaluate": cfg.evaluate.model_dump(mode="json", exclude={"task", "count", "seed_offset"}),
+        "evaluate": evaluate_part(cfg),
         "verifier": verifier.fingerprint(),
         "seed": cfg.run.seed,
     }
 
 
+def evaluate_part(cfg: Config) -> dict:
+    """The evaluate section for the fingerprint. With pass@k its rows keep each sample's answer
+    (for maj@k), so pass@k evaluations made before that are redone once; without, nothing changes."""
+    part = cfg.evaluate.fingerprint_dump({"task", "count", "seed_offset"})
+    if part.get("pass_at_k") is not None:
+        part["pass_at_k"]["rows"] = "per-sample answers"
+    return part
+
+
 class EvaluateStage(MappedStage):
-    """Greedy accuracy (and pass@k) of iteration k's model on the held-out problems, in shards of
+    """Greedy accuracy (and pass@k, maj@k) of iteration k's model on the held-out problems, in shards of
     `run.problems_per_shard`; no input stage: the shards are made from the held-out task."""
 
     name, source = "evaluate", None
@@ -244,6 +286,8 @@ class EvaluateStage(MappedStage):
         self.sampled = None if pk is None else SamplingParams.of(cfg.sample, n=pk.n, temperature=pk.temperature,
                                                                  top_p=pk.top_p, max_tokens=ev.max_tokens)
         self.result: dict = {}
+        normalize = getattr(self.verifier, "normalize", None)
+        self.vote_key = normalize if callable(normalize) else str.strip  # how wrong answers group in maj@k
 
     def fingerprint(self) -> dict:
         return fingerprint(self.cfg, self.model, self.task_cfg, self.verifier, self.problems)
@@ -285,7 +329,7 @@ class EvaluateStage(MappedStage):
                                                          desc=f"evaluate (pass@{n})"):
             rows, rejects = finished.pop(name)
             rejects += count_correct(rows, requests[name], results, self.engine.model_name, self.pool,
-                                     self.verifier.name, n, self.cfg.sample.think_tags)
+                                     self.verifier.name, n, self.cfg.sample.think_tags, self.vote_key)
             yield name, self._output(name, rows, rejects)
 
     def _output(self, name: str, rows: list[dict], rejects: list[dict]) -> ShardOutput:
@@ -312,6 +356,7 @@ class EvaluateStage(MappedStage):
         by_steps = result["by"].get("steps", {})
         steps = "".join(f"; {s} step{'s' * (s != '1')} {v['accuracy']:.1%} (n={v['n']})" for s, v in by_steps.items())
         pk = "".join(f", pass@{k} {v:.1%}" for k, v in result.get("pass_at_k", {}).get("values", {}).items())
+        pk += "".join(f", maj@{k} {v:.1%}" for k, v in result.get("maj_at_k", {}).get("values", {}).items())
         left_out = f"; {result['left_out']} held-out problems left out, see _rejects.parquet" if result["left_out"] else ""
         path = stage_dir(self.cfg, self.iteration, "evaluate") / "eval.json"
         return (f"iteration {self.iteration} ({self.model}): greedy accuracy {result['accuracy']:.1%} ± "
@@ -342,19 +387,37 @@ def greedy_rows(problems, requests, results, model, pool, verifier_name,
         v = verdicts[pid]
         rows.append({**p, "text": (v["reasoning"] or "") + v["text"], "finish_reason": v["finish_reason"], "completion_tokens": v["completion_tokens"],
                      "extracted": v["extracted"], "status": v["status"], "reason": v["reason"],
-                     "correct": v["status"] == "correct", "samples": None, "samples_correct": None})
+                     "correct": v["status"] == "correct", "samples": None, "samples_correct": None,
+                     "sample_answers": None, "sample_correct": None})
     return rows, _failed_rejects(failed)
 
 
-def count_correct(rows, requests, results, model, pool, verifier_name, n, think_tags=None) -> list[dict]:
-    """pass@k: sets each row's `samples`/`samples_correct` from its n samples; a problem whose
-    request failed leaves its row (and the shard) and becomes a reject. Returns those rejects."""
+def count_correct(rows, requests, results, model, pool, verifier_name, n, think_tags=None,
+                  vote_key=str.strip) -> list[dict]:
+    """pass@k and maj@k: sets each row's `samples`/`samples_correct` and per-sample
+    `sample_answers`/`sample_correct` from its n samples; a problem whose request failed leaves
+    its row (and the shard) and becomes a reject. Returns those rejects."""
     by_id = {r["problem_id"]: r for r in rows}
     table, failed = _samples_table(requests, results, model, n, think_tags)
-    counts = Counter(r["problem_id"] for r in verify_table(table, by_id, pool, verifier_name).to_pylist()
-                     if r["status"] == "correct")
+    verdicts: dict[str, list[dict]] = defaultdict(list)
+    for v in verify_table(table, by_id, pool, verifier_name).to_pylist():
+        verdicts[v["problem_id"]].append(v)
     failed_ids = {req.key for req, _ in failed}
     rows[:] = [r for r in rows if r["problem_id"] not in failed_ids]
     for r in rows:
-        r["samples"], r["samples_correct"] = n, counts.get(r["problem_id"], 0)
+        samples = sorted(verdicts[r["problem_id"]], key=lambda v: v["sample_idx"])
+        check(len(samples) == n, f"evaluate: {len(samples)} verdicts for the {n} samples of {r['problem_id']}")
+        r["samples"], r["sample_correct"] = n, [v["status"] == "correct" for v in samples]
+        r["samples_correct"] = sum(r["sample_correct"])
+        r["sample_answers"] = [vote_answer(v, vote_key) for v in samples]
     return _failed_rejects(failed)
+
+
+def vote_answer(verdict: dict, vote_key=str.strip) -> str | None:
+    """A sample's answer as it votes in maj@k: its extracted answer as `vote_key` groups it, where
+    the verifier judged it correct or wrong; None without a clear final answer (a sample judged
+    correct still votes, for the correct class; any other does not vote)."""
+    answer = verdict["extracted"]
+    if verdict["status"] not in ("correct", "wrong") or answer is None:
+        return None
+    return vote_key(answer[:MAX_ANSWER_CHARS]) or None

@@ -2,7 +2,8 @@
 
 It reads only what the stages wrote (eval.json, stats.json, the verify and rationalize
 shards), so it can be regenerated at any time and never changes data. Plots: held-out
-accuracy per iteration (iteration 0 is the base model), the funnel per iteration, correct
+accuracy per iteration (iteration 0 is the base model; greedy, and where eval.json has them
+maj@k and pass@k for the largest k, each with 2-SE bars), the funnel per iteration, correct
 samples per problem, pass@k on the training problems, and the share of rationalized rows. A
 table by difficulty bucket (`steps=2`, `level=Level 5`: `tasks.difficulty_of`) shows, per
 iteration, held-out accuracy (eval.json's breakdown) beside the rows exported and the
@@ -92,12 +93,21 @@ def _plots(data: dict, folder: Path) -> list[tuple[str, str]]:
     evals = {k: d["eval"] for k, d in data.items() if d.get("eval")}
     if evals:
         ks = sorted(evals)
-        acc = [100 * evals[k]["accuracy"] for k in ks]
-        err = [200 * evals[k].get("stderr", 0.0) for k in ks]
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.errorbar(ks, acc, yerr=err, marker="o", capsize=4)
-        ax.set(xlabel="iteration (0 = base model)", ylabel="held-out greedy accuracy (%)",
+        series = [("greedy", {k: (evals[k]["accuracy"], evals[k].get("stderr", 0.0)) for k in ks})]
+        for key, name in (("maj_at_k", "maj"), ("pass_at_k", "pass")):
+            top = largest_k(evals, key)
+            if top is not None:
+                series.append((f"{name}@{top}", {k: f for k in ks if (f := figure(evals[k], key, top))}))
+        for i, (label, points) in enumerate(series):
+            xs = sorted(points)
+            shift = 0.06 * (i - (len(series) - 1) / 2)  # side by side, so the bars do not hide each other
+            ax.errorbar([x + shift for x in xs], [100 * points[x][0] for x in xs], yerr=[200 * points[x][1] for x in xs],
+                        marker="o", capsize=4, label=label)
+        ax.set(xlabel="iteration (0 = base model)", ylabel=f"held-out {'' if len(series) > 1 else 'greedy '}accuracy (%)",
                title="Held-out accuracy (bars: 2 standard errors)", xticks=ks)
+        if len(series) > 1:
+            ax.legend()
         ax.grid(alpha=0.3)
         made.append(_save(fig, folder, "accuracy.png", "Held-out accuracy per iteration"))
     funnels = {k: d["export"]["funnel"] for k, d in data.items() if d.get("export")}
@@ -137,6 +147,30 @@ def _plots(data: dict, folder: Path) -> list[tuple[str, str]]:
         ax.set(xlabel="iteration", ylabel="% of exported rows", title="Rationalized share of the export")
         made.append(_save(fig, folder, "rationalized.png", "Share of rationalized rows"))
     return made
+
+
+def figure(ev: dict, key: str, k: int) -> tuple[float, float] | None:
+    """(value, stderr) of eval.json's pass@k or maj@k (`key`) at k; None where it has none
+    (older eval.json files have pass@k without stderr: 0)."""
+    values = (ev.get(key) or {}).get("values") or {}
+    if str(k) not in values:
+        return None
+    return values[str(k)], ((ev.get(key) or {}).get("stderr") or {}).get(str(k), 0.0)
+
+
+def largest_k(evals: dict[int, dict], key: str) -> int | None:
+    """The largest k any iteration's eval.json reports pass@k or maj@k (`key`) for."""
+    ks = [int(k) for ev in evals.values() for k in ((ev.get(key) or {}).get("values") or {})]
+    return max(ks, default=None)
+
+
+def sampled_columns(evals: dict[int, dict]) -> list[tuple[str, str, int]]:
+    """The held-out table's sampled columns, where any iteration has them: maj@k for each k, and
+    pass@k for the largest k. (header, eval.json key, k)."""
+    maj = sorted({int(k) for ev in evals.values() for k in ((ev.get("maj_at_k") or {}).get("values") or {})})
+    cols = [(f"maj@{k}", "maj_at_k", k) for k in maj]
+    top = largest_k(evals, "pass_at_k")
+    return cols + ([(f"pass@{top}", "pass_at_k", top)] if top is not None else [])
 
 
 def paired_gain(base: dict[str, bool], other: dict[str, bool]) -> tuple[float, float, int]:
@@ -194,9 +228,11 @@ def render(cfg: Config, data: dict, plots: list[tuple[str, str]]) -> str:
     evals = {k: d["eval"] for k, d in data.items() if d.get("eval")}
     if evals:
         base = data.get(0, {}).get("solved")
-        lines += ["## Held-out accuracy (greedy)", "",
-                  "| iteration | model | accuracy | ± stderr | n | vs base | paired SE | gain / SE |",
-                  "|---|---|---|---|---|---|---|---|"]
+        cols = sampled_columns(evals)
+        lines += [f"## Held-out accuracy (greedy{', maj@k, pass@k' if cols else ''})", "",
+                  "| iteration | model | accuracy | ± stderr | n | vs base | paired SE | gain / SE |"
+                  + "".join(f" {c[0]} |" for c in cols),
+                  "|---|---|---|---|---|---|---|---|" + "---|" * len(cols)]
         for k in sorted(evals):
             e = evals[k]
             gain = se = ratio = ""
@@ -204,10 +240,16 @@ def render(cfg: Config, data: dict, plots: list[tuple[str, str]]) -> str:
                 g, s, _ = paired_gain(base, data[k]["solved"])
                 gain, se, ratio = f"{100 * g:+.1f} pts", f"{100 * s:.1f}", f"{g / s:.1f}" if s else ""
             model = "base" if k == 0 else f"iter-{k}/model"
+            sampled = "".join(f" {100 * f[0]:.1f}% ± {100 * f[1]:.1f} |" if (f := figure(e, key, kk)) else " |"
+                              for _, key, kk in cols)
             lines.append(f"| {k} | {model} | {100 * e['accuracy']:.1f}% | {100 * e.get('stderr', 0):.1f} | {e['n']} "
-                         f"| {gain} | {se} | {ratio} |")
+                         f"| {gain} | {se} | {ratio} |{sampled}")
         lines += ["", "Gains are measured on the same held-out problems, so their standard error is the paired one "
-                  "(of the per-problem differences); a gain is clear of noise when gain / SE exceeds 2.", ""]
+                  "(of the per-problem differences); a gain is clear of noise when gain / SE exceeds 2."]
+        if cols:
+            lines.append("maj@k is a majority vote over k of `evaluate.pass_at_k.n` samples per problem (self-consistency), "
+                         "pass@k the chance that one of k is correct; ± is the standard error over problems.")
+        lines.append("")
     funnels = {k: d["export"]["funnel"] for k, d in data.items() if d.get("export")}
     if funnels:
         lines += ["## Funnel", "", "| iteration | problems | samples | correct | rationalized correct | kept | exported "
