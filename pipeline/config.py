@@ -283,6 +283,14 @@ class SampleConfig(Strict):
     )
     server: ServerConfig = Field(default_factory=ServerConfig)
     until_correct: UntilCorrectConfig = added(default_factory=UntilCorrectConfig)
+    strategy: Literal["sample", "cot_decoding"] = added(
+        "sample", description="sample: n samples per problem at temperature/top_p; cot_decoding: CoT-decoding "
+        "(Wang & Zhou 2024): the cot_k most likely first tokens, each continued greedily, and the n paths whose final "
+        "answer (found by the run's verifier) the model is most confident of kept; temperature, top_p, top_k, min_p "
+        "and per_request_seed do not apply to it (docs/decoding.md)")
+    cot_k: int = added(10, ge=1, le=20, description="cot_decoding: first-token candidates per problem, each continued "
+                       "greedily to max_tokens (cot_k greedy paths per problem); at least n, at most 20 (the most "
+                       "logprobs vLLM and the OpenAI API return)")
 
     @field_validator("per_request_seed", mode="before")
     @classmethod
@@ -292,6 +300,12 @@ class SampleConfig(Strict):
 
     @model_validator(mode="after")
     def _tags_and_stops(self):
+        if self.strategy == "cot_decoding" and self.until_correct.enabled:
+            raise ValueError("strategy cot_decoding keeps the n most confident of cot_k greedy paths; until_correct "
+                             "draws more rounds of random samples and cannot be combined with it: turn one of them off")
+        if self.strategy == "cot_decoding" and self.cot_k < self.n:
+            raise ValueError(f"cot_k ({self.cot_k}) is smaller than n ({self.n}): cot_decoding keeps n of its cot_k "
+                             f"paths per problem; make cot_k at least n")
         if self.until_correct.enabled and self.until_correct.max_samples < self.n:
             raise ValueError(f"until_correct.max_samples ({self.until_correct.max_samples}) is smaller than one round "
                              f"(n={self.n}); make it at least n")

@@ -76,6 +76,7 @@ def shard_rows(name: str, requests: list[Request], results: list, n: int, engine
                 "finish_reason": c.finish_reason, "prompt_tokens": res.prompt_tokens,
                 "completion_tokens": c.completion_tokens, "cumulative_logprob": c.cumulative_logprob,
                 "model": engine.model_name, "seed": req.seed if req.seed is not None else engine.seed,
+                "confidence": getattr(c, "confidence", None), "branch_rank": getattr(c, "branch_rank", None),
             })
             tokens += c.completion_tokens
     check(len(rows) == (len(requests) - len(rejects)) * n,

@@ -30,6 +30,11 @@ SAMPLES = pa.schema(
         ("cumulative_logprob", pa.float64()),
         ("model", pa.string()),
         ("seed", pa.int64()),
+        # sample.strategy cot_decoding: the model's confidence in the path's final answer (mean top-1 minus
+        # top-2 probability over its tokens; null: no answer found) and the rank of the path's first token
+        # (1: greedy's); both null for ordinary samples and in shards written before they existed
+        ("confidence", pa.float64()),
+        ("branch_rank", pa.int32()),
     ]
 )
 

@@ -1,5 +1,6 @@
 """Generation back ends behind one small interface (see base.py)."""
 
-from selfimprove.pipeline.engines.base import Completion, Engine, Request, Result, SamplingParams, load_engine
+from selfimprove.pipeline.engines.base import (Branch, BranchResult, BranchToken, Completion, Engine, Request, Result,
+                                               SamplingParams, load_engine)
 
-__all__ = ["Completion", "Engine", "Request", "Result", "SamplingParams", "load_engine"]
+__all__ = ["Branch", "BranchResult", "BranchToken", "Completion", "Engine", "Request", "Result", "SamplingParams", "load_engine"]

@@ -5,7 +5,9 @@ The sample stage knows nothing else about the engine. Each call takes the reques
 arguments) for all of them: `n` completions of each prompt, so an engine that can share the
 prompt's computation across samples (vLLM's `SamplingParams(n=k)`) does. A request the engine cannot serve (a prompt longer than the
 model's context, a server error that persists) comes back with `error` set instead of
-stopping the batch.
+stopping the batch. CoT-decoding (`sample.strategy: cot_decoding`) asks an engine for
+`generate_branches` instead: the top-k first tokens, each continued greedily, with per-token
+logprobs (docs/decoding.md); an engine may leave it out.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class Completion:
     finish_reason: str
     completion_tokens: int
     cumulative_logprob: float | None = None
+    confidence: float | None = None  # CoT-decoding: the model's confidence in the path's answer
+    branch_rank: int | None = None  # CoT-decoding: rank of the path's first token (1: greedy's)
 
 
 @dataclass
@@ -60,6 +64,35 @@ class Result:
     prompt_tokens: int = 0
     completions: list[Completion] = field(default_factory=list)
     error: str | None = None  # set when the request could not be served; completions empty
+
+
+@dataclass
+class BranchToken:
+    """One generated token of a branch: its text, and the probabilities of the two most likely
+    tokens at its position (what CoT-decoding's confidence margin is made of)."""
+
+    text: str  # "" for a special token the completion text leaves out (end of turn)
+    top1: float
+    top2: float
+
+
+@dataclass
+class Branch:
+    """One CoT-decoding path: a first token from the top-k, then greedy to the end."""
+
+    text: str
+    finish_reason: str
+    completion_tokens: int
+    tokens: list[BranchToken]  # one per generated token, the first token included
+    first_rank: int  # rank of its first token among the first step's candidates (1: the greedy one)
+    cumulative_logprob: float | None = None
+
+
+@dataclass
+class BranchResult:
+    prompt_tokens: int = 0
+    branches: list[Branch] = field(default_factory=list)  # in first-token rank order
+    error: str | None = None  # set when the request could not be served; branches empty
 
 
 class Engine:
@@ -87,6 +120,23 @@ class Engine:
     def generate(self, requests: list[Request], params: SamplingParams, desc: str = "") -> list[Result]:
         """One result per request, in order, each with `params.n` completions (or an error)."""
         raise NotImplementedError
+
+    def generate_branches(self, requests: list[Request], k: int, params: SamplingParams,
+                          desc: str = "") -> list[BranchResult]:
+        """CoT-decoding's paths, one result per request in order: the k most likely first tokens,
+        each continued greedily to `params.max_tokens` tokens in all (its `stop` and
+        `chat_template_kwargs` apply; temperature and the other sampling settings do not), with
+        per-token texts and top-2 probabilities. An engine without per-token logprobs leaves it out."""
+        raise ValueError(self.no_branches())
+
+    def no_branches(self) -> str:
+        """The error for an engine that cannot do CoT-decoding, naming it."""
+        return (f"sample.strategy: cot_decoding needs per-token logprobs; engine {self.name!r} "
+                f"({type(self).__module__}.{type(self).__qualname__}) does not provide generate_branches")
+
+    def supports_branches(self) -> bool:
+        """Whether this engine implements `generate_branches` (CoT-decoding)."""
+        return type(self).generate_branches is not Engine.generate_branches
 
     def generate_shards(
         self, shards: Iterable[tuple[str, list[Request]]], params: SamplingParams, journal_dir: Path | None = None,

@@ -32,8 +32,10 @@ idles while a shard is committed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import queue
 import random
@@ -41,6 +43,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
@@ -50,7 +53,8 @@ except ImportError as e:  # it comes with vLLM; a machine that only talks to a s
     raise ImportError("sample.engine: openai needs the `openai` package (>= 1.17): pip install openai") from e
 
 from selfimprove.pipeline.config import Config, ServerConfig
-from selfimprove.pipeline.engines.base import Completion, Engine, Request, Result, SamplingParams
+from selfimprove.pipeline.engines.base import (Branch, BranchResult, BranchToken, Completion, Engine, Request, Result,
+                                               SamplingParams)
 
 SEED_MODULUS = 2**31  # seeds stay within a signed 32-bit int, which every server accepts
 API_KEY_PLACEHOLDER = "EMPTY"  # what the client is given when no key is set (it refuses to start without)
@@ -58,6 +62,9 @@ RETRIED_STATUS = (408, 409, 429)  # and 5xx: what the client retries (its rule; 
 # request fields the client takes as arguments; the others of a payload go in its `extra_body`
 CLIENT_FIELDS = ("model", "messages", "n", "temperature", "top_p", "max_tokens", "seed", "stop", "logprobs")
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A first-token candidate that is an end-of-turn or other special token, as servers spell them
+# (ChatML, Llama 3, GPT-2, SentencePiece, Gemma): its path ends at once, it is not sent back as text.
+SPECIAL_TOKEN = re.compile(r"<\|[A-Za-z0-9_.:-]+\|>|</?s>|<eos>|<end_of_turn>|<pad>|<unk>")
 
 
 class ServerError(RuntimeError):
@@ -484,6 +491,95 @@ class OpenAIEngine(Engine):
             print(f"openai engine: the server {why}; sending one request per sample from now on", flush=True)
 
     # -- the engine interface -------------------------------------------------------------
+    def generate_branches(self, requests: list[Request], k: int, params: SamplingParams,
+                          desc: str = "") -> list[BranchResult]:
+        """CoT-decoding's paths over chat completions: a first request of one token with
+        `logprobs` and `top_logprobs: k`, then each candidate continued greedily by sending it back
+        as the start of the assistant's turn (`continue_final_message: true,
+        add_generation_prompt: false`, which vLLM's and SGLang's servers take) with
+        `top_logprobs: 2`. Not journalled: a killed run asks again for the shard's paths (greedy,
+        so the same). A candidate that cannot be sent back as text is left out: part of a UTF-8
+        character, or only whitespace (chat templates trim the message a turn continues from); one
+        that is a special token ends its path at once."""
+        stop = threading.Event()
+        greedy = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_tokens=1, stop=params.stop,
+                                chat_template_kwargs=dict(params.chat_template_kwargs))
+        rest = dataclasses.replace(greedy, max_tokens=params.max_tokens - 1)
+        results: list[BranchResult] = []
+        try:
+            with ThreadPoolExecutor(self.server.concurrency, thread_name_prefix="openai-branches") as pool:
+                firsts = [pool.submit(self._guarded, self._first_step, req, k, greedy, stop) for req in requests]
+                paths = []  # (result, branch, future of its continuation)
+                for req, future in zip(requests, firsts):
+                    result = future.result()
+                    results.append(result)
+                    for branch in result.branches:
+                        if branch.finish_reason == "length" and rest.max_tokens > 0:
+                            paths.append((result, branch, pool.submit(self._guarded, self._continue, req, branch,
+                                                                      rest, stop)))
+                for result, branch, future in paths:
+                    error = future.result()
+                    if error is not None and result.error is None:
+                        result.error = f"path {branch.first_rank}: {error}"
+        finally:
+            stop.set()  # retries still waiting give up
+        for result in results:
+            if result.error is not None:
+                result.branches = []
+        return results
+
+    def _guarded(self, step, *args):
+        """Run a step on a worker thread: what fails becomes an error (a result's, or a str)."""
+        try:
+            return step(*args)
+        except (_Rejected, _Failed) as e:
+            reason = str(e)[:500]
+        except Exception as e:  # a malformed answer or a bug must not hang the stage
+            reason = f"{type(e).__name__}: {e}"[:500]
+        return BranchResult(error=reason) if step == self._first_step else reason
+
+    def _first_step(self, req: Request, k: int, greedy: SamplingParams, stop: threading.Event) -> BranchResult:
+        """The k most likely first tokens, as branches of one token each."""
+        body = {**self.payload(req, greedy, 1, None), "logprobs": True, "top_logprobs": k}
+        choices, prompt_tokens, _ = self._complete(body, stop)
+        content = (choices[0].get("logprobs") or {}).get("content") or []
+        top = content[0].get("top_logprobs") if content else None
+        if not top:
+            raise ValueError("the server sent no top_logprobs; cot_decoding needs a server that returns them (vLLM, SGLang)")
+        top = sorted(top, key=lambda t: -float(t["logprob"]))[:k]
+        p1 = math.exp(float(top[0]["logprob"]))
+        p2 = math.exp(float(top[1]["logprob"])) if len(top) > 1 else 0.0
+        result = BranchResult(prompt_tokens=prompt_tokens)
+        for rank, cand in enumerate(top, start=1):
+            text = str(cand["token"])
+            if SPECIAL_TOKEN.fullmatch(text) or (rank == 1 and choices[0].get("finish_reason") == "stop"
+                                                 and not choices[0]["message"].get("content")):
+                result.branches.append(Branch("", "stop", 1, [BranchToken("", p1, p2)], rank, float(cand["logprob"])))
+            elif text.strip() and "\ufffd" not in text:
+                result.branches.append(Branch(text, "length", 1, [BranchToken(text, p1, p2)], rank, float(cand["logprob"])))
+        return result
+
+    def _continue(self, req: Request, branch: Branch, rest: SamplingParams, stop: threading.Event) -> None:
+        """A branch continued greedily from its first token, sent as the start of the assistant's turn."""
+        messages = [*req.messages, {"role": "assistant", "content": branch.text}]
+        body = {**self.payload(Request(req.key, messages), rest, 1, None), "logprobs": True, "top_logprobs": 2,
+                "continue_final_message": True, "add_generation_prompt": False}
+        choices, _, _ = self._complete(body, stop)
+        choice = choices[0]
+        content = (choice.get("logprobs") or {}).get("content")
+        if not isinstance(content, list):
+            raise ValueError("the server sent no per-token logprobs; cot_decoding needs them")
+        for item in content:
+            top = sorted((float(t["logprob"]) for t in item.get("top_logprobs") or []), reverse=True)
+            if not top:
+                raise ValueError("a token without top_logprobs; cot_decoding needs them")
+            text = "" if SPECIAL_TOKEN.fullmatch(str(item["token"])) else str(item["token"])  # end of turn: not in the text
+            branch.tokens.append(BranchToken(text, math.exp(top[0]), math.exp(top[1]) if len(top) > 1 else 0.0))
+            branch.cumulative_logprob += float(item["logprob"])
+        branch.text += self._text(choice["message"])
+        branch.finish_reason = str(choice.get("finish_reason") or "unknown")
+        branch.completion_tokens += len(content)
+
     def generate(self, requests: list[Request], params: SamplingParams, desc: str = "") -> list[Result]:
         return dict(self.generate_shards([(desc or "batch", requests)], params)).get(desc or "batch", [])
 

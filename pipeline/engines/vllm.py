@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import importlib.metadata
+import math
 import os
 import time
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Iterable, Iterator
 
 from selfimprove.pipeline import logs
 from selfimprove.pipeline.config import Config
-from selfimprove.pipeline.engines.base import Completion, Engine, Request, Result, SamplingParams
+from selfimprove.pipeline.engines.base import (Branch, BranchResult, BranchToken, Completion, Engine, Request, Result,
+                                               SamplingParams)
 from selfimprove.pipeline.hardware import cpu_dtype
 from selfimprove.pipeline.model import resolve_model_path, resolve_tokenizer_path
 from selfimprove.pipeline.prompts import prompt_ids, uses_chat_template
@@ -230,6 +232,124 @@ class VLLMEngine(Engine):
             bar.close()
             if owner:  # the consumer stopped early (an error, Ctrl-C): free the engine for the next call
                 engine.abort_request(list(owner), internal=False)
+
+    # -- CoT-decoding ----------------------------------------------------------------------
+    def _special_ids(self) -> set[int]:
+        """Tokens that end a turn or are no text: a branch starting with one ends at once."""
+        ids = set(getattr(self.tokenizer, "all_special_ids", None) or [])
+        if getattr(self.tokenizer, "eos_token_id", None) is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def _run(self, prompts: list[tuple[list[int], object]], desc: str) -> list:
+        """Each (prompt token ids, vllm.SamplingParams) through the engine at once -> its finished
+        RequestOutput, or the reason the engine refused it (a str), in order."""
+        from tqdm import tqdm
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs import TokensPrompt
+
+        engine = self.llm.llm_engine
+        outputs: list = [None] * len(prompts)
+        owner: dict[str, int] = {}
+        bar = tqdm(total=len(prompts), desc=desc, unit="path", mininterval=1.0, dynamic_ncols=True)
+        try:
+            for i, (ids, sampling) in enumerate(prompts):
+                try:
+                    (request_id,) = self.llm.enqueue([TokensPrompt(prompt_token_ids=ids)], sampling, use_tqdm=False)
+                except (ValueError, VLLMClientError) as e:
+                    outputs[i] = f"engine refused the request: {e}"[:500]
+                    bar.update(1)
+                    continue
+                owner[request_id.rsplit("-", 1)[0]] = i  # see _submit: outputs carry our part of the id
+            while owner:
+                if not engine.has_unfinished_requests():
+                    raise RuntimeError(f"vLLM finished without answering {len(owner)} requests")
+                for out in engine.step():
+                    if out.finished and out.request_id in owner:
+                        outputs[owner.pop(out.request_id)] = out
+                        bar.update(1)
+        finally:
+            bar.close()
+            if owner:  # stopped early (an error, Ctrl-C): free the engine for the next call
+                engine.abort_request(list(owner), internal=False)
+        return outputs
+
+    def _token(self, position: dict, token_id: int, special: set[int]) -> BranchToken:
+        """A generated token from its position's logprobs (the token's own and the top 2)."""
+        best = sorted((lp.logprob for lp in position.values()), reverse=True)
+        text = "" if token_id in special else (position[token_id].decoded_token or "")
+        return BranchToken(text, math.exp(best[0]), math.exp(best[1]) if len(best) > 1 else 0.0)
+
+    def generate_branches(self, requests: list[Request], k: int, params: SamplingParams,
+                          desc: str = "") -> list[BranchResult]:
+        """CoT-decoding's paths: one step of one token with the top-k logprobs per prompt, then
+        every candidate continued greedily from the prompt's token ids plus that token (exactly
+        the model's path, no round trip through text), with the top-2 logprobs of each token."""
+        import vllm
+
+        limit = self.cfg.model.max_model_len
+        results: list[BranchResult | None] = [None] * len(requests)
+        ids: dict[int, list[int]] = {}
+        for i, req in enumerate(requests):
+            try:
+                prompt = prompt_ids(self.tokenizer, req.messages, self.chat, params.chat_template_kwargs)
+            except Exception as e:  # a template that cannot render this request fails it alone
+                results[i] = BranchResult(error=f"chat template failed: {type(e).__name__}: {e}"[:500])
+                continue
+            if len(prompt) >= limit:
+                results[i] = BranchResult(prompt_tokens=len(prompt),
+                                          error=f"prompt has {len(prompt)} tokens; model.max_model_len is {limit}")
+            else:
+                ids[i] = prompt
+        first = vllm.SamplingParams(n=1, temperature=0.0, max_tokens=1, logprobs=max(k, 2))
+        order = list(ids)
+        outputs = self._run([(ids[i], first) for i in order], f"{desc or 'cot-decoding'}: first tokens")
+        continued: list[tuple[int, Branch, list[int], object]] = []  # (request, branch so far, prompt, params)
+        for i, out in zip(order, outputs):
+            if isinstance(out, str):
+                results[i] = BranchResult(prompt_tokens=len(ids[i]), error=out)
+                continue
+            results[i] = BranchResult(prompt_tokens=len(ids[i]))
+            continued += self._first_tokens(i, results[i], ids[i], out.outputs[0].logprobs[0], k, params)
+        outputs = self._run([(prompt, sampling) for _, _, prompt, sampling in continued],
+                            f"{desc or 'cot-decoding'}: greedy paths")
+        special = self._special_ids()
+        for (i, branch, _, _), out in zip(continued, outputs):
+            if isinstance(out, str):  # one path refused: the request fails as a whole
+                results[i].error = results[i].error or f"path {branch.first_rank}: {out}"
+                continue
+            c = out.outputs[0]
+            branch.text += c.text
+            branch.finish_reason = str(c.finish_reason or "unknown")
+            branch.completion_tokens += len(c.token_ids)
+            branch.tokens += [self._token(c.logprobs[p], t, special) for p, t in enumerate(c.token_ids)]
+            branch.cumulative_logprob = (branch.cumulative_logprob or 0.0) + (c.cumulative_logprob or 0.0)
+        for r in results:
+            if r.error is not None:
+                r.branches = []
+        return results
+
+    def _first_tokens(self, i: int, result: BranchResult, prompt: list[int], position: dict, k: int,
+                      params: SamplingParams) -> list[tuple[int, Branch, list[int], object]]:
+        """The k candidates of a prompt's first step as branches of one token (added to `result`),
+        and the continuations to run: none for a candidate that ends the turn, or where the token
+        budget is one token."""
+        import vllm
+
+        special = self._special_ids()
+        budget = min(params.max_tokens, self.cfg.model.max_model_len - len(prompt)) - 1
+        todo = []
+        for rank, (token_id, lp) in enumerate(sorted(position.items(), key=lambda kv: -kv[1].logprob)[:k], start=1):
+            token = self._token(position, token_id, special)
+            ends = token_id in special
+            branch = Branch(text=token.text, finish_reason="stop" if ends else "length", completion_tokens=1,
+                            tokens=[token], first_rank=rank, cumulative_logprob=lp.logprob)
+            result.branches.append(branch)
+            if not ends and budget > 0:
+                sampling = vllm.SamplingParams(n=1, temperature=0.0, max_tokens=budget, logprobs=2,
+                                               stop=list(params.stop) or None)
+                todo.append((i, branch, prompt + [token_id], sampling))
+        return todo
 
     def generate(self, requests: list[Request], params: SamplingParams, desc: str = "") -> list[Result]:
         """One result per request, in order: one shard through `generate_shards`."""

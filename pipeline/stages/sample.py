@@ -20,6 +20,13 @@ r*n .. r*n+n-1, so a row's round is `sample_idx // sample.n`; its per-request se
 engine takes them, is `request_seed(..., round=r)`. Each shard journals how many problems each
 round asked for, how many the engine rejected and how many samples it drew (`rounds`), and the
 count checks hold the totals to that.
+
+`sample.strategy: cot_decoding` is CoT-decoding (pipeline/decoding.py): per problem the
+`sample.cot_k` most likely first tokens, each continued greedily, judged by the run's verifier
+in-stage for their final answers, and the `sample.n` paths the model is most confident of kept
+as the problem's samples (`sample_idx` 0 the most confident; `confidence` and `branch_rank` say
+why). One shard goes to the engine at a time; each shard journals how many paths it drew and
+how many had an answer.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Iterator
 
 from selfimprove.pipeline import schema
 from selfimprove.pipeline.config import Config
+from selfimprove.pipeline.decoding import cot_decode, require_branches, verifier_spans
 from selfimprove.pipeline.engines import Request, SamplingParams, load_engine
 from selfimprove.pipeline.generation import (request_seed, sampling_fingerprint, shard_requests, shard_rows,
                                              use_request_seed)
@@ -85,26 +93,41 @@ class SampleStage(MappedStage):
         super().__init__(sampling_config(cfg, iteration), iteration)
         self.per_request = False
         self.uc = self.cfg.sample.until_correct if self.cfg.sample.until_correct.enabled else None
+        self.cot = self.cfg.sample.strategy == "cot_decoding"
         self.verifier = None
         self.round_seconds: list[float] = []  # this run's time per wave (until_correct)
 
     def fingerprint(self) -> dict:
         parts = sampling_fingerprint(self.cfg, self.iteration, self.input.output_hash)
-        if self.uc:  # which samples are drawn depends on the verdicts
+        if self.uc or self.cot:  # which samples are drawn (kept) depends on the verdicts (extracted answers)
             parts["verifier"] = build_verifier(self.cfg).fingerprint()
         return parts
 
     def open(self) -> None:
-        self.engine = load_engine(self.cfg)
-        self.per_request = use_request_seed(self.cfg, self.engine)
-        if self.uc:
+        if self.uc or self.cot:
             self.verifier = build_verifier(self.cfg)
+            if self.cot and self.verifier.uses_engine:
+                raise ValueError(f"sample.strategy: cot_decoding ranks paths by the final answer the verifier finds; "
+                                 f"{self.verifier.name!r} is judged by a model and finds none: use a verifier that "
+                                 f"extracts answers (verify.verifier)")
+        self.engine = load_engine(self.cfg)
+        if self.cot:
+            try:
+                require_branches(self.engine)
+            except ValueError:
+                self.close()  # open failed: the skeleton closes only what opened
+                raise
+        self.per_request = use_request_seed(self.cfg, self.engine) if not self.cot else False  # greedy: no seeds
+        if self.uc or self.cot:
             self.pool = open_pool(self.cfg).__enter__()
 
     def work(self, names: list[str]) -> Iterator[tuple[str, ShardOutput]]:
         """Shards handed to the engine lazily (`Engine.generate_shards` keeps it fed across them)."""
         if self.uc:
             yield from self._rounds(names)
+            return
+        if self.cot:
+            yield from self._cot_decoding(names)
             return
         sent: dict[str, list[Request]] = {}  # requests of shards handed to the engine, not yet back
 
@@ -119,6 +142,24 @@ class SampleStage(MappedStage):
                                                think_tags=self.cfg.sample.think_tags)
             yield name, ShardOutput(schema.table(rows, schema.SAMPLES), schema.table(rejects, schema.REJECTS),
                                     extra={"tokens": tokens})
+
+    def _cot_decoding(self, names: list[str]) -> Iterator[tuple[str, ShardOutput]]:
+        """Each shard's problems branched (cot_k greedy paths each), the paths ranked by the
+        model's confidence in the answers the verifier finds, the n most confident kept."""
+        cfg, n = self.cfg, self.cfg.sample.n
+        for name in names:
+            table = self.input.read_shard(name)
+            requests = shard_requests(cfg, self.iteration, table, per_request=False)
+            problems = {row["problem_id"]: row for row in table.to_pylist()}
+            decoded = cot_decode(self.engine, requests, cfg.sample.cot_k, cfg.sample.max_tokens,
+                                 verifier_spans(problems, self.pool, self.verifier.name, cfg.sample.think_tags),
+                                 SamplingParams.of(cfg.sample), desc=f"sample {name}")
+            rows, rejects, _ = shard_rows(name, requests, [d.result(n) for d in decoded], n, self.engine,
+                                          think_tags=cfg.sample.think_tags)
+            paths = [s for d in decoded for s in d.ranked]
+            yield name, ShardOutput(schema.table(rows, schema.SAMPLES), schema.table(rejects, schema.REJECTS),
+                                    info={"paths": len(paths), "scored": sum(s.confidence is not None for s in paths)},
+                                    extra={"tokens": sum(s.branch.completion_tokens for s in paths)})
 
     # -- until_correct: rounds as waves ---------------------------------------------------------
     def _rounds(self, names: list[str]) -> Iterator[tuple[str, ShardOutput]]:
@@ -254,6 +295,10 @@ class SampleStage(MappedStage):
                **({"executor": "ray"} if self.executor() == "ray" else {})}
         if self.uc:
             out["until_correct"] = self.budget(writer, names)
+        if self.cot:
+            out["cot_decoding"] = {"k": self.cfg.sample.cot_k,
+                                   "paths": sum(writer.done[name].get("paths", 0) for name in names),
+                                   "paths_with_answer": sum(writer.done[name].get("scored", 0) for name in names)}
         return out
 
     def budget(self, writer, names: list[str]) -> dict:
@@ -280,6 +325,10 @@ class SampleStage(MappedStage):
         where = " on Ray" if self.executor() == "ray" else ""
         line = (f"{self.input.rows} problems x n={s['n']} -> {manifest['rows']} samples{where}"
                 f" ({manifest['rejects']} problems rejected by the engine, {resumed} shards resumed){rate}")
+        c = s.get("cot_decoding")
+        if c:
+            line += (f"; cot_decoding k={c['k']}: the {s['n']} most confident of {c['paths']} greedy paths,"
+                     f" {c['paths_with_answer']} with an answer")
         b = s.get("until_correct")
         if b:
             line += (f"; until_correct {b['policy']} k={b['k']}: {b['extra_samples']} extra samples in"
