@@ -202,3 +202,32 @@ def test_rows_without_sample_answers_are_refused_by_name():
     row = {"problem_id": "arith-7", "samples": 4, "samples_correct": 2, "sample_answers": None, "sample_correct": None}
     with pytest.raises(ValueError, match="row arith-7 has no per-sample answers for maj@k"):
         majority_values([row], [1], run_seed=0)
+
+
+def test_cot_decoding_answers_each_problem_with_its_most_confident_path(fake_config, capsys):
+    """evaluate.strategy: cot_decoding: each row is the most confident of cot_k greedy paths (by the
+    verifier's extracted answer, never its verdict), greedy's own path where none has an answer."""
+    from tests.test_cot_decoding import _expected
+
+    config = fake_config(evaluate={"count": 12, "strategy": "cot_decoding", "cot_k": 5})
+    assert main(["evaluate", "--config", str(config), "--iter", "0"]) == 0
+    cfg = load_config(config)
+    result, rows = _eval(cfg), reader(cfg, 0, "evaluate").read_all().to_pylist()
+    assert result["strategy"] == "cot_decoding (k=5)" and "cot_decoding (k=5) accuracy" in capsys.readouterr().out
+    served = cfg.model_copy(deep=True)
+    served.task = heldout_task(cfg)  # the engine serves the held-out problems, as evaluate's does
+    engine, task = FakeEngine(served), get_task(served.task)
+    chose_other = 0
+    for r in rows:
+        req = Request(r["problem_id"], render_prompt(heldout_task(cfg), task, r["question"]))
+        ranked = _expected(engine, req, 5)
+        best = ranked[0][0] if ranked[0][1] is not None else 1
+        assert r["text"] == engine.branch_text(req, best), r["problem_id"]
+        chose_other += best != 1
+    assert chose_other, "some problem's most confident path is not greedy's, so the strategy is tested"
+    assert result["correct"] == sum(r["status"] == "correct" for r in rows)
+    # the sample stage's strategy is not evaluate's: setting it leaves this evaluation up to date
+    again = fake_config(evaluate={"count": 12, "strategy": "cot_decoding", "cot_k": 5},
+                        sample={"strategy": "cot_decoding", "cot_k": 5, "n": 4})
+    assert main(["evaluate", "--config", str(again), "--iter", "0"]) == 0
+    assert "up to date" in capsys.readouterr().out

@@ -1,5 +1,7 @@
 """evaluate: greedy accuracy of iteration k's model on held-out problems that never feed training.
 
+(`evaluate.strategy: cot_decoding` decodes each answer by CoT-decoding instead: pipeline/decoding.py.)
+
 Iteration 0 is the base model (`model.path`); iteration k >= 1 is the model trained in
 iteration k (`iter-k/model`). The problems are evaluate's own (`evaluate.task`; by default the
 run's arithmetic generator, `evaluate.count` problems from seed `evaluate.seed_offset` =
@@ -37,6 +39,7 @@ import pyarrow.parquet as pq
 
 from selfimprove.pipeline import schema
 from selfimprove.pipeline.config import Config, TaskConfig, digest
+from selfimprove.pipeline.decoding import cot_decode, require_branches, verifier_spans
 from selfimprove.pipeline.engines import Request, SamplingParams, load_engine
 from selfimprove.pipeline.runs import check, stage_dir
 from selfimprove.pipeline.skeleton import MappedStage, ShardOutput, run_mapped
@@ -235,7 +238,9 @@ def _samples_table(requests: list[Request], results, model: str, n: int,
 
 def fingerprint(cfg: Config, model: str, task_cfg: TaskConfig, verifier, problems: list[dict]) -> dict:
     # top_k, min_p, stop, chat-template arguments, thinking tags: part of it only where set
-    extras = {k: v for k, v in cfg.sample.fingerprint_dump({"until_correct"}).items() if k in cfg.sample.added_fields()}
+    # (the sample stage's strategy is not evaluate's: evaluate.strategy is)
+    extras = {k: v for k, v in cfg.sample.fingerprint_dump({"until_correct", "strategy", "cot_k"}).items()
+              if k in cfg.sample.added_fields()}
     return {
         "problems": digest([p["problem_id"] for p in problems]),  # what is left after the overlap guard
         "model": {"path": model, "identity": model_fingerprint(model), **cfg.model.fingerprint_dump({"path"})},
@@ -306,8 +311,7 @@ class EvaluateStage(MappedStage):
         messages = {p["problem_id"]: render_prompt(self.task_cfg, task, p["question"]) for n in names for p in self.shards[n]}
         requests = {name: [Request(p["problem_id"], messages[p["problem_id"]]) for p in self.shards[name]] for name in names}
         finished: dict[str, tuple[list[dict], list[dict]]] = {}
-        for name, results in self.engine.generate_shards(((n, requests[n]) for n in names), self.greedy,
-                                                         desc="evaluate (greedy)"):
+        for name, results in self._answers(names, requests):
             rows, rejects = greedy_rows(self.shards[name], requests[name], results, self.engine.model_name, self.pool,
                                         self.verifier.name, self.cfg.sample.think_tags)
             if self.sampled is None:
@@ -316,6 +320,21 @@ class EvaluateStage(MappedStage):
                 finished[name] = (rows, rejects)
         if self.sampled is not None:
             yield from self._pass_at_k(names, messages, finished)
+
+    def _answers(self, names: list[str], requests: dict[str, list[Request]]) -> Iterator[tuple[str, list]]:
+        """(shard, one result per problem): the greedy completion, or with `evaluate.strategy:
+        cot_decoding` the most confident of cot_k greedy paths (greedy's own where no path has an answer)."""
+        ev = self.cfg.evaluate
+        if ev.strategy == "greedy":
+            yield from self.engine.generate_shards(((n, requests[n]) for n in names), self.greedy, desc="evaluate (greedy)")
+            return
+        require_branches(self.engine)
+        for name in names:
+            by_id = {p["problem_id"]: p for p in self.shards[name]}
+            spans = verifier_spans(by_id, self.pool, self.verifier.name, self.cfg.sample.think_tags)
+            decoded = cot_decode(self.engine, requests[name], ev.cot_k, ev.max_tokens, spans, params=self.greedy,
+                                 desc=f"evaluate (cot-decoding, k={ev.cot_k}) {name}")
+            yield name, [d.result(1) for d in decoded]
 
     def _pass_at_k(self, names, messages, finished) -> Iterator[tuple[str, ShardOutput]]:
         """A second pass over the shards, n samples per problem, each counted correct or not."""
@@ -343,8 +362,10 @@ class EvaluateStage(MappedStage):
         failed = sum(writer.done[n]["failed"] for n in names)
         check(len(rows) + failed == len(self.problems),
               f"evaluate: {len(rows)} rows + {failed} failed requests for {len(self.problems)} problems")
+        ev = self.cfg.evaluate
         self.result = {"iteration": self.iteration, "model": self.model, "task": self.task_cfg.name,
-                       "verifier": self.spec, "max_tokens": self.cfg.evaluate.max_tokens, "problems": len(self.problems),
+                       "verifier": self.spec, "max_tokens": ev.max_tokens,
+                       **({"strategy": f"cot_decoding (k={ev.cot_k})"} if ev.strategy == "cot_decoding" else {}), "problems": len(self.problems),
                        **scores(rows, self.cfg), "engine_failed": failed, "left_out": len(self.rejects)}
 
     def stats(self, writer, names: list[str]) -> dict:
@@ -359,7 +380,8 @@ class EvaluateStage(MappedStage):
         pk += "".join(f", maj@{k} {v:.1%}" for k, v in result.get("maj_at_k", {}).get("values", {}).items())
         left_out = f"; {result['left_out']} held-out problems left out, see _rejects.parquet" if result["left_out"] else ""
         path = stage_dir(self.cfg, self.iteration, "evaluate") / "eval.json"
-        return (f"iteration {self.iteration} ({self.model}): greedy accuracy {result['accuracy']:.1%} ± "
+        strategy = result.get("strategy", "greedy")
+        return (f"iteration {self.iteration} ({self.model}): {strategy} accuracy {result['accuracy']:.1%} ± "
                 f"{result['stderr']:.1%} ({result['correct']}/{result['n']} held-out {self.task_cfg.name} problems)"
                 f"{steps}{pk}{left_out} -> {path}")
 
