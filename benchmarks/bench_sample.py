@@ -45,8 +45,8 @@ class SharedVLLMEngine(VLLMEngine):
 
     def __init__(self, cfg: Config):
         assert _shared is not None, "load the shared engine first"
+        self.__dict__.update(_shared.__dict__)  # everything VLLMEngine.__init__ set up, the loaded LLM included
         self.cfg = cfg
-        self.cpu, self.model_path, self.llm, self.tokenizer = _shared.cpu, _shared.model_path, _shared.llm, _shared.tokenizer
 
     def close(self) -> None:
         pass
