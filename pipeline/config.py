@@ -482,6 +482,10 @@ class PassAtKConfig(Strict):
         return self
 
 
+class CotDecodingEvalConfig(Strict):
+    k: int = Field(10, ge=1, le=20, description="first-token candidates per held-out problem, each continued greedily")
+
+
 class EvalConfig(Strict):
     """Greedy accuracy on held-out problems that never feed training."""
 
@@ -491,11 +495,9 @@ class EvalConfig(Strict):
     count: int = Field(200, ge=1, description="size of the default held-out arithmetic set")
     seed_offset: int = Field(1_000_000, ge=0, description="start of the default held-out arithmetic seed range")
     max_tokens: int = Field(256, ge=1)
-    strategy: Literal["greedy", "cot_decoding"] = added(
-        "greedy", description="how each held-out problem's one answer is decoded: greedy, or CoT-decoding (the cot_k most "
-        "likely first tokens, each continued greedily; the path whose answer the model is most confident of; "
-        "docs/decoding.md)")
-    cot_k: int = added(10, ge=1, le=20, description="cot_decoding: first-token candidates per held-out problem")
+    cot_decoding: CotDecodingEvalConfig | None = added(
+        None, description="also answer each held-out problem by CoT-decoding (the k most likely first tokens, each "
+        "continued greedily; the path whose answer the model is most confident of; docs/decoding.md); off when null")
     pass_at_k: PassAtKConfig | None = Field(None, description="also sample n per problem and estimate pass@k and maj@k "
                                             "(self-consistency) from those samples; off when null")
     breakdown: list[str] = Field(

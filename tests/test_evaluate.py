@@ -179,7 +179,8 @@ def test_maj_at_k_list_of_its_own_and_fingerprints(fake_config):
     from selfimprove.pipeline.stages.evaluate import evaluate_part
 
     cfg = load_config(fake_config())
-    assert evaluate_part(cfg) == cfg.evaluate.model_dump(mode="json", exclude={"task", "count", "seed_offset"})
+    # what earlier versions dumped: the section without the fields added since (cot_decoding)
+    assert evaluate_part(cfg) == cfg.evaluate.model_dump(mode="json", exclude={"task", "count", "seed_offset", "cot_decoding"})
     on = load_config(fake_config(evaluate={"pass_at_k": {"n": 4, "k": [1, 4]}}))
     own = load_config(fake_config(evaluate={"pass_at_k": {"n": 4, "k": [1, 4], "maj_at_k": [3]}}))
     assert "maj_at_k" not in evaluate_part(on)["pass_at_k"] and evaluate_part(own)["pass_at_k"]["maj_at_k"] == [3]
@@ -204,30 +205,39 @@ def test_rows_without_sample_answers_are_refused_by_name():
         majority_values([row], [1], run_seed=0)
 
 
-def test_cot_decoding_answers_each_problem_with_its_most_confident_path(fake_config, capsys):
-    """evaluate.strategy: cot_decoding: each row is the most confident of cot_k greedy paths (by the
+def test_cot_decoding_answers_each_problem_beside_greedy_with_its_most_confident_path(fake_config, capsys):
+    """evaluate.cot_decoding: each row also gets the most confident of k greedy paths (by the
     verifier's extracted answer, never its verdict), greedy's own path where none has an answer."""
     from tests.test_cot_decoding import _expected
 
-    config = fake_config(evaluate={"count": 12, "strategy": "cot_decoding", "cot_k": 5})
+    config = fake_config(evaluate={"count": 12, "cot_decoding": {"k": 5}, "pass_at_k": {"n": 4, "k": [1, 4]}})
     assert main(["evaluate", "--config", str(config), "--iter", "0"]) == 0
     cfg = load_config(config)
     result, rows = _eval(cfg), reader(cfg, 0, "evaluate").read_all().to_pylist()
-    assert result["strategy"] == "cot_decoding (k=5)" and "cot_decoding (k=5) accuracy" in capsys.readouterr().out
+    assert "CoT-decoding (k=5)" in capsys.readouterr().out
     served = cfg.model_copy(deep=True)
     served.task = heldout_task(cfg)  # the engine serves the held-out problems, as evaluate's does
     engine, task = FakeEngine(served), get_task(served.task)
-    chose_other = 0
     for r in rows:
-        req = Request(r["problem_id"], render_prompt(heldout_task(cfg), task, r["question"]))
+        req = Request(r["problem_id"], render_prompt(served.task, task, r["question"]))
         ranked = _expected(engine, req, 5)
         best = ranked[0][0] if ranked[0][1] is not None else 1
-        assert r["text"] == engine.branch_text(req, best), r["problem_id"]
-        chose_other += best != 1
-    assert chose_other, "some problem's most confident path is not greedy's, so the strategy is tested"
+        assert r["cot_text"] == engine.branch_text(req, best) and r["cot_branch_rank"] == best, r["problem_id"]
+        assert r["samples"] == 4, "pass@k still samples beside it"
+    cot = result["cot_decoding"]
+    assert cot["k"] == 5 and cot["n"] == 12 and cot["correct"] == sum(r["cot_correct"] for r in rows)
+    assert cot["chose_greedy_path"] < 12, "some problem's most confident path is not greedy's, so both are tested"
+    paired = [float(r["cot_correct"]) - float(r["correct"]) for r in rows]
+    assert cot["minus_greedy"]["value"] == round(sum(paired) / 12, 4)
     assert result["correct"] == sum(r["status"] == "correct" for r in rows)
+    from selfimprove.pipeline.stages import report
+
+    text = report.run(cfg).read_text()
+    assert "## Held-out accuracy (greedy, CoT-decoding, maj@k, pass@k)" in text
+    assert f"| CoT-decoding k=5 | maj@1 | maj@4 | pass@4 |" in text
+    assert f" {100 * cot['accuracy']:.1f}% ± {100 * cot['stderr']:.1f} |" in text
     # the sample stage's strategy is not evaluate's: setting it leaves this evaluation up to date
-    again = fake_config(evaluate={"count": 12, "strategy": "cot_decoding", "cot_k": 5},
+    again = fake_config(evaluate={"count": 12, "cot_decoding": {"k": 5}, "pass_at_k": {"n": 4, "k": [1, 4]}},
                         sample={"strategy": "cot_decoding", "cot_k": 5, "n": 4})
     assert main(["evaluate", "--config", str(again), "--iter", "0"]) == 0
     assert "up to date" in capsys.readouterr().out

@@ -1,6 +1,8 @@
 """evaluate: greedy accuracy of iteration k's model on held-out problems that never feed training.
 
-(`evaluate.strategy: cot_decoding` decodes each answer by CoT-decoding instead: pipeline/decoding.py.)
+With `evaluate.cot_decoding: {k}` each problem is also answered by CoT-decoding (the most
+confident of k greedy paths: pipeline/decoding.py), so one eval.json compares greedy, CoT-decoding
+and (with `evaluate.pass_at_k`) maj@k and pass@k on the same problems.
 
 Iteration 0 is the base model (`model.path`); iteration k >= 1 is the model trained in
 iteration k (`iter-k/model`). The problems are evaluate's own (`evaluate.task`; by default the
@@ -66,6 +68,12 @@ ROWS = pa.schema(
         ("status", pa.string()),  # the verifier's verdict on the greedy completion
         ("reason", pa.string()),
         ("correct", pa.bool_()),
+        ("cot_text", pa.string()),  # evaluate.cot_decoding: the most confident path (null when off)
+        ("cot_extracted", pa.string()),
+        ("cot_status", pa.string()),
+        ("cot_correct", pa.bool_()),
+        ("cot_confidence", pa.float64()),  # null: no path had an answer (greedy's own path was judged)
+        ("cot_branch_rank", pa.int32()),  # the chosen path's first-token rank (1: greedy's)
         ("samples", pa.int32()),  # pass@k: samples drawn (null without pass@k)
         ("samples_correct", pa.int32()),
         ("sample_answers", pa.list_(pa.string())),  # maj@k: each sample's answer as it votes (null: no final answer)
@@ -190,6 +198,13 @@ def scores(rows: list[dict], cfg: Config) -> dict:
     result["statuses"] = dict(Counter(r["status"] for r in rows))
     result["finish_reasons"] = dict(Counter(r["finish_reason"] for r in rows))
     result["mean_completion_tokens"] = round(sum(r["completion_tokens"] for r in rows) / len(rows), 1) if rows else 0.0
+    if cfg.evaluate.cot_decoding is not None and rows:
+        cot = rate(sum(bool(r["cot_correct"]) for r in rows), len(rows))
+        result["cot_decoding"] = {"k": cfg.evaluate.cot_decoding.k, **cot,
+                                  "chose_greedy_path": sum(r["cot_branch_rank"] == 1 for r in rows),
+                                  "no_path_with_answer": sum(r["cot_confidence"] is None for r in rows)}
+        gain, se = mean_stderr([float(bool(r["cot_correct"])) - float(r["correct"]) for r in rows])
+        result["cot_decoding"]["minus_greedy"] = {"value": round(gain, 4), "paired_stderr": round(se, 4)}
     pk = cfg.evaluate.pass_at_k
     if pk is not None and rows:
         passes = {k: [pass_at_k(r["samples"], r["samples_correct"], k) for r in rows] for k in pk.k}
@@ -238,7 +253,7 @@ def _samples_table(requests: list[Request], results, model: str, n: int,
 
 def fingerprint(cfg: Config, model: str, task_cfg: TaskConfig, verifier, problems: list[dict]) -> dict:
     # top_k, min_p, stop, chat-template arguments, thinking tags: part of it only where set
-    # (the sample stage's strategy is not evaluate's: evaluate.strategy is)
+    # (the sample stage's strategy is not evaluate's: evaluate.cot_decoding is)
     extras = {k: v for k, v in cfg.sample.fingerprint_dump({"until_correct", "strategy", "cot_k"}).items()
               if k in cfg.sample.added_fields()}
     return {
@@ -311,30 +326,46 @@ class EvaluateStage(MappedStage):
         messages = {p["problem_id"]: render_prompt(self.task_cfg, task, p["question"]) for n in names for p in self.shards[n]}
         requests = {name: [Request(p["problem_id"], messages[p["problem_id"]]) for p in self.shards[name]] for name in names}
         finished: dict[str, tuple[list[dict], list[dict]]] = {}
-        for name, results in self._answers(names, requests):
+        more = self.cfg.evaluate.cot_decoding is not None or self.sampled is not None
+        for name, results in self.engine.generate_shards(((n, requests[n]) for n in names), self.greedy,
+                                                         desc="evaluate (greedy)"):
             rows, rejects = greedy_rows(self.shards[name], requests[name], results, self.engine.model_name, self.pool,
                                         self.verifier.name, self.cfg.sample.think_tags)
-            if self.sampled is None:
-                yield name, self._output(name, rows, rejects)
-            else:
+            if more:
                 finished[name] = (rows, rejects)
+            else:
+                yield name, self._output(name, rows, rejects)
+        if self.cfg.evaluate.cot_decoding is not None:
+            for name in names:
+                rows, rejects = finished[name]
+                rejects += self._cot_decoding(name, rows, requests[name])
+                if self.sampled is None:
+                    yield name, self._output(name, *finished.pop(name))
         if self.sampled is not None:
             yield from self._pass_at_k(names, messages, finished)
 
-    def _answers(self, names: list[str], requests: dict[str, list[Request]]) -> Iterator[tuple[str, list]]:
-        """(shard, one result per problem): the greedy completion, or with `evaluate.strategy:
-        cot_decoding` the most confident of cot_k greedy paths (greedy's own where no path has an answer)."""
-        ev = self.cfg.evaluate
-        if ev.strategy == "greedy":
-            yield from self.engine.generate_shards(((n, requests[n]) for n in names), self.greedy, desc="evaluate (greedy)")
-            return
+    def _cot_decoding(self, name: str, rows: list[dict], requests: list[Request]) -> list[dict]:
+        """Each row's CoT-decoding answer: the most confident of k greedy paths (greedy's own where no
+        path has an answer), judged like the greedy one. A problem the engine could not serve leaves
+        the shard as a reject. Returns those rejects."""
+        k = self.cfg.evaluate.cot_decoding.k
         require_branches(self.engine)
-        for name in names:
-            by_id = {p["problem_id"]: p for p in self.shards[name]}
-            spans = verifier_spans(by_id, self.pool, self.verifier.name, self.cfg.sample.think_tags)
-            decoded = cot_decode(self.engine, requests[name], ev.cot_k, ev.max_tokens, spans, params=self.greedy,
-                                 desc=f"evaluate (cot-decoding, k={ev.cot_k}) {name}")
-            yield name, [d.result(1) for d in decoded]
+        by_id = {r["problem_id"]: r for r in rows}
+        asked = [req for req in requests if req.key in by_id]
+        spans = verifier_spans(by_id, self.pool, self.verifier.name, self.cfg.sample.think_tags)
+        decoded = cot_decode(self.engine, asked, k, self.cfg.evaluate.max_tokens, spans, params=self.greedy,
+                             desc=f"evaluate (cot-decoding, k={k}) {name}")
+        results = [d.result(1) for d in decoded]
+        judged, rejects = greedy_rows([by_id[req.key] for req in asked], asked, results, self.engine.model_name,
+                                      self.pool, self.verifier.name, self.cfg.sample.think_tags)
+        cot = {r["problem_id"]: r for r in judged}
+        chosen = {req.key: res.completions[0] for req, res in zip(asked, results) if res.error is None}
+        rows[:] = [r for r in rows if r["problem_id"] in cot]
+        for r in rows:
+            c, path = cot[r["problem_id"]], chosen[r["problem_id"]]
+            r.update(cot_text=c["text"], cot_extracted=c["extracted"], cot_status=c["status"], cot_correct=c["correct"],
+                     cot_confidence=path.confidence, cot_branch_rank=path.branch_rank)
+        return rejects
 
     def _pass_at_k(self, names, messages, finished) -> Iterator[tuple[str, ShardOutput]]:
         """A second pass over the shards, n samples per problem, each counted correct or not."""
@@ -362,10 +393,8 @@ class EvaluateStage(MappedStage):
         failed = sum(writer.done[n]["failed"] for n in names)
         check(len(rows) + failed == len(self.problems),
               f"evaluate: {len(rows)} rows + {failed} failed requests for {len(self.problems)} problems")
-        ev = self.cfg.evaluate
         self.result = {"iteration": self.iteration, "model": self.model, "task": self.task_cfg.name,
-                       "verifier": self.spec, "max_tokens": ev.max_tokens,
-                       **({"strategy": f"cot_decoding (k={ev.cot_k})"} if ev.strategy == "cot_decoding" else {}), "problems": len(self.problems),
+                       "verifier": self.spec, "max_tokens": self.cfg.evaluate.max_tokens, "problems": len(self.problems),
                        **scores(rows, self.cfg), "engine_failed": failed, "left_out": len(self.rejects)}
 
     def stats(self, writer, names: list[str]) -> dict:
@@ -380,8 +409,9 @@ class EvaluateStage(MappedStage):
         pk += "".join(f", maj@{k} {v:.1%}" for k, v in result.get("maj_at_k", {}).get("values", {}).items())
         left_out = f"; {result['left_out']} held-out problems left out, see _rejects.parquet" if result["left_out"] else ""
         path = stage_dir(self.cfg, self.iteration, "evaluate") / "eval.json"
-        strategy = result.get("strategy", "greedy")
-        return (f"iteration {self.iteration} ({self.model}): {strategy} accuracy {result['accuracy']:.1%} ± "
+        cot = result.get("cot_decoding")
+        pk = (f", CoT-decoding (k={cot['k']}) {cot['accuracy']:.1%} ± {cot['stderr']:.1%}" if cot else "") + pk
+        return (f"iteration {self.iteration} ({self.model}): greedy accuracy {result['accuracy']:.1%} ± "
                 f"{result['stderr']:.1%} ({result['correct']}/{result['n']} held-out {self.task_cfg.name} problems)"
                 f"{steps}{pk}{left_out} -> {path}")
 

@@ -95,10 +95,10 @@ def _plots(data: dict, folder: Path) -> list[tuple[str, str]]:
         ks = sorted(evals)
         fig, ax = plt.subplots(figsize=(5, 3.2))
         series = [("greedy", {k: (evals[k]["accuracy"], evals[k].get("stderr", 0.0)) for k in ks})]
-        for key, name in (("maj_at_k", "maj"), ("pass_at_k", "pass")):
+        for key, name in (("cot_decoding", "CoT-decoding k="), ("maj_at_k", "maj@"), ("pass_at_k", "pass@")):
             top = largest_k(evals, key)
             if top is not None:
-                series.append((f"{name}@{top}", {k: f for k in ks if (f := figure(evals[k], key, top))}))
+                series.append((f"{name}{top}", {k: f for k in ks if (f := figure(evals[k], key, top))}))
         for i, (label, points) in enumerate(series):
             xs = sorted(points)
             shift = 0.06 * (i - (len(series) - 1) / 2)  # side by side, so the bars do not hide each other
@@ -151,7 +151,10 @@ def _plots(data: dict, folder: Path) -> list[tuple[str, str]]:
 
 def figure(ev: dict, key: str, k: int) -> tuple[float, float] | None:
     """(value, stderr) of eval.json's pass@k or maj@k (`key`) at k; None where it has none
-    (older eval.json files have pass@k without stderr: 0)."""
+    (older eval.json files have pass@k without stderr: 0). `cot_decoding` has one k."""
+    if key == "cot_decoding":
+        cot = ev.get(key)
+        return (cot["accuracy"], cot["stderr"]) if cot and cot["k"] == k else None
     values = (ev.get(key) or {}).get("values") or {}
     if str(k) not in values:
         return None
@@ -160,15 +163,21 @@ def figure(ev: dict, key: str, k: int) -> tuple[float, float] | None:
 
 def largest_k(evals: dict[int, dict], key: str) -> int | None:
     """The largest k any iteration's eval.json reports pass@k or maj@k (`key`) for."""
+    if key == "cot_decoding":
+        return max((ev[key]["k"] for ev in evals.values() if ev.get(key)), default=None)
     ks = [int(k) for ev in evals.values() for k in ((ev.get(key) or {}).get("values") or {})]
     return max(ks, default=None)
 
 
+COLUMN_NAMES = {"cot_decoding": "CoT-decoding", "maj_at_k": "maj@k", "pass_at_k": "pass@k"}
+
+
 def sampled_columns(evals: dict[int, dict]) -> list[tuple[str, str, int]]:
-    """The held-out table's sampled columns, where any iteration has them: maj@k for each k, and
-    pass@k for the largest k. (header, eval.json key, k)."""
+    """The held-out table's columns beyond greedy, where any iteration has them: CoT-decoding for
+    each k, maj@k for each k, and pass@k for the largest k. (header, eval.json key, k)."""
+    cot = sorted({ev["cot_decoding"]["k"] for ev in evals.values() if ev.get("cot_decoding")})
     maj = sorted({int(k) for ev in evals.values() for k in ((ev.get("maj_at_k") or {}).get("values") or {})})
-    cols = [(f"maj@{k}", "maj_at_k", k) for k in maj]
+    cols = [(f"CoT-decoding k={k}", "cot_decoding", k) for k in cot] + [(f"maj@{k}", "maj_at_k", k) for k in maj]
     top = largest_k(evals, "pass_at_k")
     return cols + ([(f"pass@{top}", "pass_at_k", top)] if top is not None else [])
 
@@ -229,7 +238,8 @@ def render(cfg: Config, data: dict, plots: list[tuple[str, str]]) -> str:
     if evals:
         base = data.get(0, {}).get("solved")
         cols = sampled_columns(evals)
-        lines += [f"## Held-out accuracy (greedy{', maj@k, pass@k' if cols else ''})", "",
+        title = ", ".join(["greedy"] + [COLUMN_NAMES[key] for key in dict.fromkeys(c[1] for c in cols)])
+        lines += [f"## Held-out accuracy ({title})", "",
                   "| iteration | model | accuracy | ± stderr | n | vs base | paired SE | gain / SE |"
                   + "".join(f" {c[0]} |" for c in cols),
                   "|---|---|---|---|---|---|---|---|" + "---|" * len(cols)]
@@ -247,7 +257,8 @@ def render(cfg: Config, data: dict, plots: list[tuple[str, str]]) -> str:
         lines += ["", "Gains are measured on the same held-out problems, so their standard error is the paired one "
                   "(of the per-problem differences); a gain is clear of noise when gain / SE exceeds 2."]
         if cols:
-            lines.append("maj@k is a majority vote over k of `evaluate.pass_at_k.n` samples per problem (self-consistency), "
+            lines.append("CoT-decoding answers with the most confident of k greedy paths (docs/decoding.md); maj@k is a "
+                         "majority vote over k of `evaluate.pass_at_k.n` samples per problem (self-consistency), "
                          "pass@k the chance that one of k is correct; ± is the standard error over problems.")
         lines.append("")
     funnels = {k: d["export"]["funnel"] for k, d in data.items() if d.get("export")}
