@@ -394,8 +394,11 @@ class StageReader:
             yield s["file"], self.read_shard(s["file"], columns)
 
     def read_all(self, columns: list[str] | None = None) -> pa.Table:
-        """Every shard as one table: for small stages and tests; big ones iterate shards."""
-        return pa.concat_tables([t for _, t in self.iter_shards(columns)])
+        """Every shard as one table: for small stages and tests; big ones iterate shards. Shards
+        written before a nullable column existed read with it null; a stage with no shards reads
+        as a table of no rows (and no columns: no shard says which it would have had)."""
+        tables = [t for _, t in self.iter_shards(columns)]
+        return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
 
     def rejects(self) -> pa.Table:
         return pq.read_table(pa.BufferReader(self._verified_bytes(REJECTS_FILE, self.manifest.get("rejects_sha256"))))

@@ -123,3 +123,17 @@ def test_a_stage_that_failed_before_its_first_shard_reruns_with_another_fingerpr
         w.write_shard(part_name(0), _table(3))
         w.finish([part_name(0)])
     assert StageReader(path).rows == 3
+
+
+def test_read_all_takes_shards_from_before_a_new_column_and_no_shards_at_all(tmp_path):
+    """A stage resumed across versions holds shards without a nullable column added since: they
+    read with it null. A stage that wrote no shard reads as no rows, not an error."""
+    with StageWriter(tmp_path / "s", "demo", {"a": 1}, "cfg") as w:
+        w.write_shard(part_name(0), _table(2))
+        w.write_shard(part_name(1), pa.table({"x": [2], "confidence": [0.5]}))
+        w.finish([part_name(0), part_name(1)])
+    both = StageReader(tmp_path / "s").read_all()
+    assert both.to_pylist() == [{"x": 0, "confidence": None}, {"x": 1, "confidence": None}, {"x": 2, "confidence": 0.5}]
+    with StageWriter(tmp_path / "empty", "demo", {"a": 1}, "cfg") as w:
+        w.finish([])
+    assert StageReader(tmp_path / "empty").read_all().num_rows == 0
