@@ -46,8 +46,7 @@ from selfimprove.pipeline.engines import Request, SamplingParams, load_engine
 from selfimprove.pipeline.runs import check, stage_dir
 from selfimprove.pipeline.skeleton import MappedStage, ShardOutput, run_mapped
 from selfimprove.pipeline.tasks.problems import normalise_question, problem_id, source_identity, validate_answer, validate_question
-from selfimprove.pipeline.generation import request_seed, use_request_seed
-from selfimprove.pipeline.prompts import split_thinking
+from selfimprove.pipeline.generation import request_seed, shard_rows, use_request_seed
 from selfimprove.pipeline.metrics import maj_at_k, maj_seed, mean_stderr, pass_at_k, rate
 from selfimprove.pipeline.runs import model_fingerprint, trained_model
 from selfimprove.pipeline.verification import build_verifier, open_pool, verifier_spec, verify_table
@@ -232,23 +231,13 @@ def majority_values(rows: list[dict], ks: list[int], run_seed: int) -> dict[int,
             for k in ks}
 
 
-def _samples_table(requests: list[Request], results, model: str, n: int,
+def _samples_table(requests: list[Request], results, engine, n: int,
                    think_tags: list[str] | None = None) -> tuple[pa.Table, list[tuple[Request, str]]]:
-    """Engine results as the sample stage's table (for verify_table; a thinking section apart, as
-    the sample stage keeps it); failed requests apart."""
-    rows, failed = [], []
-    for req, res in zip(requests, results):
-        if res.error is not None or len(res.completions) != n:
-            failed.append((req, res.error or f"engine returned {len(res.completions)} of {n} completions"))
-            continue
-        prompt = json.dumps(req.messages, ensure_ascii=False)
-        for idx, c in enumerate(res.completions):
-            reasoning, text = split_thinking(c.text, think_tags)
-            rows.append({"problem_id": req.key, "sample_idx": idx, "prompt": prompt, "text": text, "reasoning": reasoning,
-                         "finish_reason": c.finish_reason, "prompt_tokens": res.prompt_tokens,
-                         "completion_tokens": c.completion_tokens, "cumulative_logprob": c.cumulative_logprob,
-                         "model": model, "seed": req.seed})
-    return schema.table(rows, schema.SAMPLES), failed
+    """Engine results as the sample stage writes them (generation.shard_rows: one place for a
+    sample row), for verify_table; failed requests apart, with their reasons."""
+    rows, rejects, _ = shard_rows("evaluate", requests, results, n, engine, stage="evaluate", think_tags=think_tags)
+    by_key = {req.key: req for req in requests}
+    return schema.table(rows, schema.SAMPLES), [(by_key[r["problem_id"]], r["reason"]) for r in rejects]
 
 
 def fingerprint(cfg: Config, model: str, task_cfg: TaskConfig, verifier, problems: list[dict]) -> dict:
@@ -329,7 +318,7 @@ class EvaluateStage(MappedStage):
         more = self.cfg.evaluate.cot_decoding is not None or self.sampled is not None
         for name, results in self.engine.generate_shards(((n, requests[n]) for n in names), self.greedy,
                                                          desc="evaluate (greedy)"):
-            rows, rejects = greedy_rows(self.shards[name], requests[name], results, self.engine.model_name, self.pool,
+            rows, rejects = greedy_rows(self.shards[name], requests[name], results, self.engine, self.pool,
                                         self.verifier.name, self.cfg.sample.think_tags)
             if more:
                 finished[name] = (rows, rejects)
@@ -356,7 +345,7 @@ class EvaluateStage(MappedStage):
         decoded = cot_decode(self.engine, asked, k, self.cfg.evaluate.max_tokens, spans, params=self.greedy,
                              desc=f"evaluate (cot-decoding, k={k}) {name}")
         results = [d.result(1) for d in decoded]
-        judged, rejects = greedy_rows([by_id[req.key] for req in asked], asked, results, self.engine.model_name,
+        judged, rejects = greedy_rows([by_id[req.key] for req in asked], asked, results, self.engine,
                                       self.pool, self.verifier.name, self.cfg.sample.think_tags)
         cot = {r["problem_id"]: r for r in judged}
         chosen = {req.key: res.completions[0] for req, res in zip(asked, results) if res.error is None}
@@ -378,7 +367,7 @@ class EvaluateStage(MappedStage):
         for name, results in self.engine.generate_shards(((k, requests[k]) for k in names), self.sampled,
                                                          desc=f"evaluate (pass@{n})"):
             rows, rejects = finished.pop(name)
-            rejects += count_correct(rows, requests[name], results, self.engine.model_name, self.pool,
+            rejects += count_correct(rows, requests[name], results, self.engine, self.pool,
                                      self.verifier.name, n, self.cfg.sample.think_tags, self.vote_key)
             yield name, self._output(name, rows, rejects)
 
@@ -425,11 +414,11 @@ def _failed_rejects(failed: list[tuple[Request, str]]) -> list[dict]:
             for req, reason in failed]
 
 
-def greedy_rows(problems, requests, results, model, pool, verifier_name,
+def greedy_rows(problems, requests, results, engine, pool, verifier_name,
                 think_tags=None) -> tuple[list[dict], list[dict]]:
     """One shard's greedy completions -> per-problem rows with their verdicts, and rejects for failed requests."""
     by_id = {p["problem_id"]: p for p in problems}
-    table, failed = _samples_table(requests, results, model, 1, think_tags)
+    table, failed = _samples_table(requests, results, engine, 1, think_tags)
     verdicts = {r["problem_id"]: r for r in verify_table(table, by_id, pool, verifier_name).to_pylist()}
     failed_ids = {req.key for req, _ in failed}
     rows = []
@@ -444,13 +433,13 @@ def greedy_rows(problems, requests, results, model, pool, verifier_name,
     return rows, _failed_rejects(failed)
 
 
-def count_correct(rows, requests, results, model, pool, verifier_name, n, think_tags=None,
+def count_correct(rows, requests, results, engine, pool, verifier_name, n, think_tags=None,
                   vote_key=str.strip) -> list[dict]:
     """pass@k and maj@k: sets each row's `samples`/`samples_correct` and per-sample
     `sample_answers`/`sample_correct` from its n samples; a problem whose request failed leaves
     its row (and the shard) and becomes a reject. Returns those rejects."""
     by_id = {r["problem_id"]: r for r in rows}
-    table, failed = _samples_table(requests, results, model, n, think_tags)
+    table, failed = _samples_table(requests, results, engine, n, think_tags)
     verdicts: dict[str, list[dict]] = defaultdict(list)
     for v in verify_table(table, by_id, pool, verifier_name).to_pylist():
         verdicts[v["problem_id"]].append(v)
