@@ -439,15 +439,51 @@ class ExportConfig(Strict):
         "keep it (the model learns to think) or drop it (only the text after it)")
 
 
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair", "aot", "aot_unpaired",
+              "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+
+
+class DPOTrainConfig(Strict):
+    """`train.method: dpo`: TRL's DPOTrainer on the export's `preference` pairs, against the starting model."""
+
+    beta: float = Field(0.1, gt=0, description="TRL's beta: how far from the starting model (the reference) the "
+                        "model may move; higher stays closer")
+    loss_type: str = Field("sigmoid", description=f"TRL's DPO loss (sigmoid: the DPO paper's): {', '.join(DPO_LOSSES)}")
+    learning_rate: float = Field(1e-6, gt=0, description="DPO's own (TRL's default); train.learning_rate is SFT's")
+
+    @field_validator("loss_type")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        if value not in DPO_LOSSES:
+            raise ValueError(f"one of {', '.join(DPO_LOSSES)}")
+        return value
+
+
+class GRPOTrainConfig(Strict):
+    """`train.method: grpo`: TRL's GRPOTrainer on the export's `prompts`, rewarded by the run's verifier."""
+
+    num_generations: int = Field(4, ge=2, description="completions per prompt, scored against their group's mean; "
+                                 "train.batch_size counts completions, so a step sees batch_size / num_generations prompts")
+    max_completion_length: int | None = Field(None, ge=1, description="tokens per completion; default sample.max_tokens")
+    temperature: float | None = Field(None, gt=0, description="sampling temperature; default sample.temperature")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling; default sample.top_p")
+    beta: float = Field(0.0, ge=0, description="KL penalty toward the starting model (TRL's default 0: none, and no "
+                        "reference model kept)")
+    steps: int | None = Field(None, ge=1, description="optimizer steps; default train.epochs passes over the prompts")
+    learning_rate: float = Field(1e-6, gt=0, description="GRPO's own (TRL's default); train.learning_rate is SFT's")
+
+
 class TrainConfig(Strict):
-    """Supervised fine-tuning on the export (TRL), loss on assistant tokens only."""
+    """Fine-tuning on the export (TRL): SFT (loss on assistant tokens only), DPO or GRPO (`method`)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     epochs: float = Field(3.0, gt=0)
-    learning_rate: float = Field(2e-4, gt=0, description="2e-4 measured +13 points on the demo where 5e-5 moved "
-                                 "nothing in 36 steps (README); lower it for models much larger than 135M")
-    batch_size: int = Field(16, ge=1, description="rows per optimizer step, before gradient_accumulation")
+    learning_rate: float = Field(2e-4, gt=0, description="SFT's (dpo and grpo have their own): 2e-4 measured +13 "
+                                 "points on the demo where 5e-5 moved nothing in 36 steps (README); lower it for models "
+                                 "much larger than 135M")
+    batch_size: int = Field(16, ge=1, description="rows per optimizer step, before gradient_accumulation "
+                            "(dpo: pairs; grpo: completions)")
     gradient_accumulation: int = Field(1, ge=1)
     max_length: int = Field(1024, ge=16, description="tokens per row; longer rows go to _rejects, never truncated")
     seed: int = 1234
@@ -462,6 +498,20 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool | None = Field(
         None, description="recompute activations to save memory; default: on a GPU, off on CPU (15% faster there)"
     )
+    method: Literal["sft", "dpo", "grpo"] = added(
+        "sft", description="sft: the export's `sft` rows; dpo: its `preference` pairs (train.dpo); grpo: its `prompts`, "
+        "rewarded by the verifier (train.grpo)")
+    dpo: DPOTrainConfig = added(default_factory=DPOTrainConfig, description="train.method: dpo")
+    grpo: GRPOTrainConfig = added(default_factory=GRPOTrainConfig, description="train.method: grpo")
+
+    @model_validator(mode="after")
+    def _whole_groups(self) -> "TrainConfig":
+        # GRPO generates batch_size x gradient_accumulation completions at a time, in whole groups
+        total, g = self.batch_size * self.gradient_accumulation, self.grpo.num_generations
+        if self.method == "grpo" and total % g:
+            raise ValueError(f"train.method grpo: train.batch_size x train.gradient_accumulation ({total}) must be a "
+                             f"multiple of train.grpo.num_generations ({g}): each prompt's completions are scored together")
+        return self
 
 
 class PassAtKConfig(Strict):

@@ -10,7 +10,8 @@ from selfimprove.pipeline.cli import main
 from selfimprove.pipeline.config import DEFAULT_MODEL_DIR, load_config
 from selfimprove.pipeline.model import resolve_model_path
 from selfimprove.pipeline.stages import open_writer, reader, stage_dir
-from selfimprove.pipeline.stages.train import build_trainer, export_readers, load_examples, model_for_iteration, tokenize_example
+from selfimprove.pipeline.stages.train import (build_trainer, export_readers, fingerprint, load_examples, model_for_iteration,
+                                                tokenize_example)
 from selfimprove.pipeline.store import StoreError
 from tests.conftest import ROOT, selfimprove
 
@@ -136,3 +137,23 @@ def test_one_training_step_gives_a_model_vllm_serves(fake_config, tmp_path):
     assert result["model"] == str(out) and result["n"] == 4
     rows = reader(cfg, 1, "evaluate").read_all().to_pylist()
     assert len(rows) == 4 and all(r["completion_tokens"] > 0 and r["text"] for r in rows)
+
+
+def test_train_methods_leave_sft_fingerprints_as_they_were():
+    """A run trained before train.method existed stays up to date: at sft the train part of the
+    fingerprint is the fields it always had; dpo and grpo add their method and what they change."""
+    before = {"epochs": 3.0, "learning_rate": 0.0002, "batch_size": 16, "gradient_accumulation": 1, "max_length": 1024,
+              "seed": 1234, "from_": "base", "include_previous_exports": False, "dtype": "auto",
+              "gradient_checkpointing": None}
+    assert fingerprint(load_config(None, []), {}, BASE)["train"] == before
+    # another method's settings do not touch an SFT run
+    assert fingerprint(load_config(None, ["train.dpo.beta=0.5", "train.grpo.steps=3"]), {}, BASE)["train"] == before
+    dpo = fingerprint(load_config(None, ["train.method=dpo", "train.grpo.steps=3"]), {}, BASE)
+    assert dpo["train"] == {**before, "method": "dpo"}  # DPO's own section at its defaults: left out
+    dpo = fingerprint(load_config(None, ["train.method=dpo", "train.dpo.beta=0.5"]), {}, BASE)
+    assert dpo["train"]["dpo"]["beta"] == 0.5 and "grpo" not in dpo["train"] and "generation" not in dpo
+    grpo = fingerprint(load_config(None, ["train.method=grpo", "sample.temperature=0.6"]), {}, BASE)
+    assert grpo["train"] == {**before, "method": "grpo"}
+    # how GRPO samples (the sample stage's settings unless set) and what scores it are part of it
+    assert grpo["generation"] == {"max_completion_length": 256, "temperature": 0.6, "top_p": 0.95}
+    assert grpo["reward"]["verifier"] == "auto" and "workers" not in grpo["reward"]
