@@ -432,13 +432,16 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
             if not _model_intact(writer.path, manifest):
                 raise StoreError(f"{writer.path}: the model files no longer match the manifest; rerun with --force to retrain")
             return up_to_date("train", writer)
+        tokenizer = load_tokenizer(cfg, start)
         reward = None
         if method == "grpo":  # the run's verifier in its worker pool, the spec load_prompts checks rows against
             from selfimprove.pipeline.rewards import verifier_reward_from_config
 
-            reward = verifier_reward_from_config(cfg, verifier=verifier_spec(cfg))
+            # the end-of-sequence id tells a finished completion from one cut off at
+            # max_completion_length, whose last number is no final answer
+            eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else None
+            reward = verifier_reward_from_config(cfg, verifier=verifier_spec(cfg), eos_token_ids=eos)
         try:
-            tokenizer = load_tokenizer(cfg, start)
             chat = uses_chat_template(tokenizer, cfg.model.prompt_format)
             data, rows, rejects = load_rows(cfg, readers, tokenizer, chat)
             name = part_name(0)
