@@ -19,7 +19,7 @@ EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(EXTRA)
 MODEL := data/models/smollm2-135m-instruct/config.json
 
-.PHONY: setup run test bench prepare sample verify rationalize dedup export train evaluate iterate loop report status demo clean distclean
+.PHONY: setup run test bench prepare sample verify rationalize dedup export train evaluate iterate loop report status demo compare clean distclean
 
 setup: $(STAMP) $(MODEL)
 
@@ -126,6 +126,23 @@ loop: setup
 # `make demo`: three iterations on configs/demo.yaml, shown to raise held-out accuracy (README).
 demo: setup
 	$(MAKE) --no-print-directory loop CONFIG=configs/demo.yaml ITERS=3
+
+# `make compare`: the demo's iteration 1 trained three ways on the same samples (configs/compare-*.yaml):
+# SFT on the verified rationales, DPO on the preference pairs, GRPO with the verifier as reward, each
+# evaluated greedily, by CoT-decoding and by maj@k / pass@k; then one table and plot in
+# data/runs/compare/. The DPO and GRPO runs start from copies of the SFT run's data stages (their
+# configs differ only in `train`, so the fingerprints match and nothing is sampled twice); every
+# step resumes like `make iterate`.
+COMPARE_ARMS := sft dpo grpo
+COMPARE_SHARED := $(addprefix iter-1/,problems samples verified rationalized selected export) iter-0/eval
+compare: setup
+	$(MAKE) --no-print-directory iterate ITER=1 CONFIG=configs/compare-sft.yaml RUN=data/runs/compare-sft
+	@for arm in $(filter-out sft,$(COMPARE_ARMS)); do for d in $(COMPARE_SHARED); do \
+	  [ -e data/runs/compare-$$arm/$$d ] || { mkdir -p data/runs/compare-$$arm/$$(dirname $$d) && cp -a data/runs/compare-sft/$$d data/runs/compare-$$arm/$$d; } || exit 1; \
+	done; done
+	@for arm in $(filter-out sft,$(COMPARE_ARMS)); do \
+	  $(MAKE) --no-print-directory iterate ITER=1 CONFIG=configs/compare-$$arm.yaml RUN=data/runs/compare-$$arm || exit 1; done
+	$(SI) compare $(addprefix data/runs/compare-,$(COMPARE_ARMS)) --iter 1 --out data/runs/compare
 
 report: | $(STAMP)
 	$(SI) report $(call args,$(ITER))

@@ -82,10 +82,14 @@ def verbosity(args: argparse.Namespace) -> int:
     return -1 if q else v
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _config_args(p: argparse.ArgumentParser, example: str = "sample.n=8") -> None:
     p.add_argument("--config", default=None, help="run config YAML (default: built-in defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config field, e.g. --set sample.n=8 (repeatable)")
+                   help=f"override a config field, e.g. --set {example} (repeatable)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
     p.add_argument("--iter", dest="iteration", type=int, default=1, help="iteration number (default 1)")
     p.add_argument("--force", action="store_true", help="rebuild a stage directory made with another config")
 
@@ -123,9 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "loads them; never the store's own files (_SUCCESS, _manifest.json, .lock, ...). The hub is "
                         "HF_ENDPOINT (default https://huggingface.co), the token HF_TOKEN (or `hf auth login`'s). "
                         "Offline (HF_HUB_OFFLINE=1, no network) it fails at once and uploads nothing.")
-    p.add_argument("--config", default=None, help="run config YAML (default: built-in defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config field, e.g. --set run.dir=... (repeatable)")
+    _config_args(p, "run.dir=...")
     p.add_argument("--iter", dest="iteration", type=int, default=1, help="iteration number (default 1)")
     p.add_argument("--repo", required=True, metavar="ORG/NAME", help="the dataset repository on the hub")
     p.add_argument("--private", action="store_true",
@@ -137,9 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = csub.add_parser("show", parents=[flags], help="the effective config (file, defaults and --set) as YAML",
                         description="Print the effective config as YAML: the file's values, every default and the "
                                     "--set overrides applied. `selfimprove run --config` reads it back unchanged.")
-    c.add_argument("--config", default=None, help="run config YAML (default: built-in defaults)")
-    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config field, e.g. --set sample.n=8 (repeatable)")
+    _config_args(c)
     csub.add_parser("fields", parents=[flags], help="every field: section.key, type, default, description")
     p = add("verifiers", help="list verifiers, or measure one on labelled cases")
     vsub = p.add_subparsers(dest="verifiers_command", required=True)
@@ -160,13 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "{rewards, statuses, reasons}; OpenRLHF's --remote_rm_url body {query, prompts, labels} at /score "
                         "or /get_reward; GET /health. Unauthenticated: loopback only unless --host says otherwise. "
                         "Stops on Ctrl-C or SIGTERM. See docs/rewards.md.")
-    p.add_argument("--config", default=None, help="run config YAML (default: built-in defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config field, e.g. --set verify.timeout_s=10 (repeatable)")
+    _config_args(p, "verify.timeout_s=10")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; another one exposes an unauthenticated endpoint)")
     p.add_argument("--port", type=int, default=8100, help="port (default 8100; 0: any free port, printed)")
     p.add_argument("--verifier", default=None, help="a registered name or package.module:Class, instead of verify.verifier")
+    p = add("compare", help="one table and plot of several runs' iteration K against the base model (e.g. SFT vs DPO vs GRPO)",
+            description="Reads each run directory's iteration-K evaluation (eval.json and its rows) and train manifest, "
+                        "and the base model's evaluation (iteration 0 of the first run that has one); writes "
+                        "<out>/compare.md (method, rows, steps, train time, greedy accuracy, CoT-decoding, maj@k, pass@k, "
+                        "and each run's gain over the base model and over the first run with paired standard errors) "
+                        "and <out>/compare.png. `make compare` runs it on SFT, DPO and GRPO.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (data/runs/<name>), the first is the reference")
+    p.add_argument("--iter", dest="iteration", type=int, default=1, help="the iteration to compare (default 1)")
+    p.add_argument("--out", default="data/runs/compare", help="where compare.md and compare.png go (default data/runs/compare)")
     p = add("model", help="prepare a model")
     p.add_argument("which", choices=["default"], help="default: convert the packaged SmolLM2-135M-Instruct once")
     p.add_argument("--target", default=None, help="output directory (default data/models/smollm2-135m-instruct)")
@@ -388,6 +395,11 @@ def _command(args, cfg: Config | None, capture: logs.Capture) -> int:
         from selfimprove.pipeline.stages.report import run as report
 
         report(cfg)
+        return 0
+    if args.command == "compare":
+        from selfimprove.pipeline.compare import compare
+
+        compare([Path(r) for r in args.runs], args.iteration, Path(args.out))
         return 0
     if args.command == "push":
         return push_command(args, cfg)

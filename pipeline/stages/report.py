@@ -38,18 +38,25 @@ def _json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def evaluation(cfg: Config, k: int) -> tuple[dict, dict[str, bool]] | None:
+    """Iteration k's finished evaluation: eval.json and whether each held-out problem was solved."""
+    ev = stage_dir(cfg, k, "evaluate") / "eval.json"
+    if not (ev.parent / "_SUCCESS").exists():
+        return None
+    solved: dict[str, bool] = {}
+    for _, t in reader(cfg, k, "evaluate").iter_shards(columns=["problem_id", "correct"]):
+        solved.update(zip(t["problem_id"].to_pylist(), t["correct"].to_pylist()))
+    return _json(ev), solved
+
+
 def collect(cfg: Config) -> dict:
     """Everything the report shows, per iteration, from what the stages left on disk."""
     out = {}
     for k in iterations(cfg):
         item: dict = {}
-        ev = stage_dir(cfg, k, "evaluate") / "eval.json"
-        if (ev.parent / "_SUCCESS").exists():
-            item["eval"] = _json(ev)
-            solved = {}
-            for _, t in reader(cfg, k, "evaluate").iter_shards(columns=["problem_id", "correct"]):
-                solved.update(zip(t["problem_id"].to_pylist(), t["correct"].to_pylist()))
-            item["solved"] = solved
+        evaluated = evaluation(cfg, k)
+        if evaluated:
+            item["eval"], item["solved"] = evaluated
         export = stage_dir(cfg, k, "export")
         if (export / "_SUCCESS").exists():
             item["export"] = _json(export / "stats.json")
