@@ -52,9 +52,10 @@ class SharedVLLMEngine(VLLMEngine):
         pass
 
 
-def _config(run_dir: Path, engine: str) -> Config:
+def _config(run_dir: Path, engine: str, problems: int = PROBLEMS) -> Config:
+    """The benchmark's run: `problems` (scaled by BENCH_SCALE) arithmetic problems x n samples."""
     return load_config(None, [f"run.dir={run_dir}", f"model.path={MODEL}", f"sample.engine={engine}",
-                              f"task.arithmetic.count={scale(PROBLEMS)}", "task.arithmetic.max_steps=2",
+                              f"task.arithmetic.count={scale(problems)}", "task.arithmetic.max_steps=2",
                               f"sample.n={N}", "run.problems_per_shard=32", f"sample.max_tokens={MAX_TOKENS}"])
 
 

@@ -62,8 +62,7 @@ def run() -> dict[str, float]:
 
     with tempfile.TemporaryDirectory(prefix="bench-defaults-") as tmp:
         base, work = Path(tmp) / "base", Path(tmp)
-        bench_sample.PROBLEMS = PROBLEMS  # _config scales it
-        prepare.run(bench_sample._config(base, "vllm"), 1)
+        prepare.run(bench_sample._config(base, "vllm", PROBLEMS), 1)
         main = _alternate("defaults", "stage", base, work)
         core = _alternate("ownproc", "inproc", base, work)
     return {"sample_vs_vllm_defaults_ratio": main["stage"] / main["defaults"],
@@ -77,8 +76,7 @@ def _timed_side(side: str, base: Path) -> dict:
     from benchmarks import bench_sample
     from selfimprove.pipeline.engines.vllm import VLLMEngine, _cpu_environment, is_cpu_build, llm_kwargs
 
-    bench_sample.PROBLEMS = PROBLEMS  # _config scales it
-    cfg = bench_sample._config(base, "vllm")
+    cfg = bench_sample._config(base, "vllm", PROBLEMS)
     if is_cpu_build():
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if side in ("stage", "inproc") else "1"
         _cpu_environment()  # what the CPU build needs (KV-cache size, all cores): every side alike

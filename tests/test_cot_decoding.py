@@ -227,6 +227,15 @@ def test_an_engine_without_branches_is_refused_naming_it(fake_config):
     assert not list(load_config(path).iter_dir(1).glob("samples/part-*.parquet"))
 
 
+def test_evaluate_refuses_an_engine_without_branches_before_any_greedy_work(fake_config):
+    path = fake_config(sample={"engine": "tests.test_cot_decoding:PlainEngine"},
+                       evaluate={"count": 6, "cot_decoding": {"k": 3}})
+    proc = selfimprove("evaluate", "--config", path, "--iter", "0", check=False)
+    assert proc.returncode == 1
+    assert "does not provide generate_branches" in proc.stderr + proc.stdout
+    assert not list(load_config(path).iter_dir(0).glob("eval/part-*.parquet"))
+
+
 def test_shards_written_before_the_new_columns_still_verify_dedup_and_export(fake_config, monkeypatch):
     """Samples shards of an earlier version lack confidence and branch_rank: every later stage reads them."""
     path = fake_config()

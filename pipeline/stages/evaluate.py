@@ -306,6 +306,12 @@ class EvaluateStage(MappedStage):
 
     def open(self) -> None:
         self.engine = load_engine(self.engine_cfg)
+        if self.cfg.evaluate.cot_decoding is not None:
+            try:
+                require_branches(self.engine)  # before any greedy work, not after it
+            except ValueError:
+                self.close()  # open failed: the skeleton closes only what opened
+                raise
         self.pool = open_pool(self.cfg).__enter__()
 
     def work(self, names: list[str]) -> Iterator[tuple[str, ShardOutput]]:
@@ -338,7 +344,6 @@ class EvaluateStage(MappedStage):
         path has an answer), judged like the greedy one. A problem the engine could not serve leaves
         the shard as a reject. Returns those rejects."""
         k = self.cfg.evaluate.cot_decoding.k
-        require_branches(self.engine)
         by_id = {r["problem_id"]: r for r in rows}
         asked = [req for req in requests if req.key in by_id]
         spans = verifier_spans(by_id, self.pool, self.verifier.name, self.cfg.sample.think_tags)

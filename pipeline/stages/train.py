@@ -269,14 +269,15 @@ def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
 
 
-def train_model(start: str, data: dict[str, list[dict]], cfg: Config, out: Path, work: Path, reward=None) -> list[dict]:
-    """Fine-tune `start` on the data by `train.method` and save model and tokenizer to `out`; the
-    log history. With no training rows, the starting model is saved unchanged."""
+def train_model(start: str, tokenizer, data: dict[str, list[dict]], cfg: Config, out: Path, work: Path,
+                reward=None) -> list[dict]:
+    """Fine-tune `start` on the data by `train.method` and save model and `tokenizer` (the one the
+    data was tokenized with) to `out`; the log history. With no training rows, the starting model
+    is saved unchanged."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     remote = cfg.model.trust_remote_code
-    tokenizer = load_tokenizer(cfg, start)
     save_dtype = getattr(torch, _dtype_name(getattr(AutoConfig.from_pretrained(start, trust_remote_code=remote), "dtype",
                                                     None)), torch.float32)
     model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32, trust_remote_code=remote)
@@ -455,7 +456,7 @@ def run(cfg: Config, iteration: int, force: bool = False) -> dict:
             for d in (tmp, work):
                 shutil.rmtree(d, ignore_errors=True)
             tmp.mkdir()
-            history = train_model(start, data, cfg, tmp, work, reward)
+            history = train_model(start, tokenizer, data, cfg, tmp, work, reward)
         finally:
             if reward is not None:
                 reward.close()
