@@ -37,10 +37,14 @@ def mean_stderr(values: list[float]) -> tuple[float, float]:
 def answer_classes(answers: list[str | None], correct: list[bool]) -> list[int]:
     """Each sample's class in a self-consistency vote: 0 for every sample the verifier judged
     correct (they all equal the gold answer, whatever their surface form), 1, 2, ... for each
-    distinct wrong answer string, -1 for a sample that does not vote (no final answer)."""
+    distinct wrong answer, -1 for a sample that does not vote (no final answer). Wrong answers
+    that state the same number ("7", "7.0", "14/2") or the same short formula up to spacing and
+    \\dfrac are one class (`value_key`), so a wrong answer is not split into weaker votes."""
+    from selfimprove.verifiers.extract import value_key
+
     if len(answers) != len(correct):
         raise ValueError(f"maj@k: {len(answers)} sample answers but {len(correct)} verdicts")
-    wrong: dict[str, int] = {}
+    wrong: dict[tuple, int] = {}
     classes = []
     for answer, ok in zip(answers, correct):
         if ok:
@@ -48,7 +52,8 @@ def answer_classes(answers: list[str | None], correct: list[bool]) -> list[int]:
         elif answer is None:
             classes.append(-1)
         else:
-            classes.append(wrong.setdefault(answer, len(wrong) + 1))
+            key = value_key(answer) or ("text", answer.strip())
+            classes.append(wrong.setdefault(key, len(wrong) + 1))
     return classes
 
 

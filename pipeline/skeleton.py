@@ -88,6 +88,9 @@ class MappedStage:
     def check_total(self, writer, names: list[str]) -> None:
         pass
 
+    def refresh(self, writer) -> None:
+        """On an up-to-date stage: re-derive side files from the committed shards (default: none)."""
+
     def committed(self, writer, name: str) -> None:
         """After shard `name` is on disk (e.g. drop a request journal no longer needed)."""
 
@@ -124,6 +127,7 @@ def run_mapped(stage: MappedStage, force: bool = False) -> dict:
     started = time.time()
     with open_writer(stage.cfg, stage.iteration, stage.name, stage.fingerprint(), force) as writer:
         if writer.up_to_date:
+            stage.refresh(writer)
             return up_to_date(stage.name, writer)
         names = stage.shard_names()
         todo = stage.todo(names, writer)

@@ -46,6 +46,15 @@ def test_largest_class_wins_and_a_tie_goes_to_the_class_seen_first():
     assert maj_at_k(["9", "5", "8", "8", "5"], [False, True, False, False, True], 5, seed=0) == 1.0
 
 
+def test_one_wrong_value_written_two_ways_is_one_class():
+    """"7" and "7.0" (and "14/2") state one wrong answer: split into two classes, each would lose to
+    the two correct samples and maj@k would be too kind."""
+    assert maj_at_k(["7", "5", "7.0", "5", "14/2"], [False, True, False, True, False], 5, seed=0) == 0.0
+    assert maj_at_k(["\\frac{1}{2}", "3", "\\dfrac{1}{2}"], [False, True, False], 3, seed=0) == 0.0
+    # different values stay apart: 2-1-1-1 for the correct class
+    assert maj_at_k(["7", "5", "8", "5", "9"], [False, True, False, True, False], 5, seed=0) == 1.0
+
+
 def test_samples_without_an_answer_do_not_vote():
     # three samples have no answer; of the two that vote, the correct ones win 2-1
     assert maj_at_k([None, "7", None, "5", "5", None], [False, False, False, True, True, False], 6, seed=0) == 1.0
@@ -148,3 +157,23 @@ def test_k_outside_the_samples_is_refused():
         maj_at_k(["1"] * 4, [True] * 4, 5, seed=0)
     with pytest.raises(ValueError, match="3 sample answers but 2 verdicts"):
         maj_at_k(["1"] * 3, [True] * 2, 1, seed=0)
+
+
+def test_an_up_to_date_evaluation_rederives_eval_json_from_its_rows(fake_config):
+    """How figures are computed from rows may change (the maj@k vote did): rerunning evaluate on a
+    finished evaluation rewrites eval.json from the committed rows, generating nothing again."""
+    import json
+
+    from selfimprove.pipeline.cli import main
+    from selfimprove.pipeline.config import load_config
+
+    config = fake_config(evaluate={"count": 10, "pass_at_k": {"n": 4, "k": [1, 4]}})
+    assert main(["evaluate", "--config", str(config), "--iter", "0"]) == 0
+    folder = load_config(config).iter_dir(0) / "eval"
+    fresh = json.loads((folder / "eval.json").read_text())
+    shards = {p.name: p.stat().st_mtime_ns for p in folder.glob("part-*.parquet")}
+    stale = {**fresh, "maj_at_k": {**fresh["maj_at_k"], "values": {"1": 0.99, "4": 0.99}}}
+    (folder / "eval.json").write_text(json.dumps(stale))
+    assert main(["evaluate", "--config", str(config), "--iter", "0"]) == 0
+    assert json.loads((folder / "eval.json").read_text()) == fresh
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("part-*.parquet")} == shards

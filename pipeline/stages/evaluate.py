@@ -387,9 +387,21 @@ class EvaluateStage(MappedStage):
         failed = sum(writer.done[n]["failed"] for n in names)
         check(len(rows) + failed == len(self.problems),
               f"evaluate: {len(rows)} rows + {failed} failed requests for {len(self.problems)} problems")
-        self.result = {"iteration": self.iteration, "model": self.model, "task": self.task_cfg.name,
-                       "verifier": self.spec, "max_tokens": self.cfg.evaluate.max_tokens, "problems": len(self.problems),
-                       **scores(rows, self.cfg), "engine_failed": failed, "left_out": len(self.rejects)}
+        self.result = self._result(rows, failed)
+
+    def _result(self, rows: list[dict], failed: int) -> dict:
+        return {"iteration": self.iteration, "model": self.model, "task": self.task_cfg.name,
+                "verifier": self.spec, "max_tokens": self.cfg.evaluate.max_tokens, "problems": len(self.problems),
+                **scores(rows, self.cfg), "engine_failed": failed, "left_out": len(self.rejects)}
+
+    def refresh(self, writer) -> None:
+        """Up to date: eval.json re-derived from the committed rows, so its figures follow the code
+        that computes them from rows (e.g. how maj@k groups answers) without generating again."""
+        rows = [r for n in self.shard_names() for r in pq.read_table(writer.path / n).to_pylist()]
+        result = self._result(rows, len(self.problems) - len(rows))  # the rest failed: check_total held
+        path = writer.path / "eval.json"
+        if not path.exists() or json.loads(path.read_text()) != result:
+            atomic_write_json(path, result)
 
     def stats(self, writer, names: list[str]) -> dict:
         atomic_write_json(writer.path / "eval.json", self.result)
