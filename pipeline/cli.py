@@ -397,7 +397,7 @@ def _command(args, cfg: Config | None, capture: logs.Capture) -> int:
         report(cfg)
         return 0
     if args.command == "compare":
-        from selfimprove.pipeline.compare import compare
+        from selfimprove.pipeline.stages.report import compare
 
         compare([Path(r) for r in args.runs], args.iteration, Path(args.out))
         return 0
