@@ -26,7 +26,7 @@ from pathlib import Path
 from selfimprove.pipeline.config import Config, load_config
 from selfimprove.pipeline.stages import reader, stage_dir, summary
 from selfimprove.pipeline.metrics import pass_at_k
-from selfimprove.pipeline.store import StoreError
+from selfimprove.pipeline.store import StoreError, atomic_write_bytes
 
 FUNNEL_STEPS = ["samples", "correct", "kept", "exported"]
 
@@ -323,7 +323,7 @@ class Arm:
 
     @property
     def method(self) -> str:
-        return (self.train or {}).get("method", "sft") if self.train is not None else ""
+        return "" if self.train is None else self.train.get("method", "sft")
 
 
 def load_arm(run: Path, iteration: int) -> Arm:
@@ -369,9 +369,8 @@ def _training(arm: Arm) -> str:
             + (f"{runtime / 60:.0f} min |" if runtime else " |"))
 
 
-def render_comparison(arms: list[Arm], base: Arm | None, iteration: int) -> str:
-    models = ([base] if base else []) + arms
-    cols = sampled_columns({i: a.eval for i, a in enumerate(models)})
+def render_comparison(models: list[Arm], base: Arm | None, cols: list[tuple[str, str, int]], iteration: int) -> str:
+    arms = [m for m in models if m is not base]
     first = arms[0]
     lines = [f"# Comparison: iteration {iteration} of {', '.join(a.label for a in arms)}", "",
              "| model | trained by | steps | train time | greedy | ± SE | vs base (paired SE) "
@@ -390,15 +389,14 @@ def render_comparison(arms: list[Arm], base: Arm | None, iteration: int) -> str:
     return "\n".join(lines)
 
 
-def plot_comparison(arms: list[Arm], base: Arm | None, out: Path) -> str:
+def plot_comparison(models: list[Arm], cols: list[tuple[str, str, int]], out: Path) -> str:
     """Grouped bars: one group per decoding (greedy, CoT-decoding, maj@k, pass@k), one bar per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = ([base] if base else []) + arms
-    groups = [("greedy", None, None)] + sampled_columns({i: a.eval for i, a in enumerate(models)})
+    groups = [("greedy", None, None)] + cols
     fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(groups) + 2), 3.4))
     width = 0.8 / len(models)
     for j, arm in enumerate(models):
@@ -423,14 +421,14 @@ def compare(runs: list[Path], iteration: int, out: Path) -> Path:
         raise ValueError(f"--iter must be 0 or more, got {iteration}")
     arms = [load_arm(Path(r), iteration) for r in runs]
     base = base_arm([Path(r) for r in runs]) if iteration > 0 else None  # --iter 0: the runs' base models
+    models = ([base] if base else []) + arms
+    cols = sampled_columns({i: a.eval for i, a in enumerate(models)})
     out.mkdir(parents=True, exist_ok=True)
-    png = plot_comparison(arms, base, out)
-    text = render_comparison(arms, base, iteration) + f"\n![Held-out accuracy by model and decoding]({png})\n\n" \
+    png = plot_comparison(models, cols, out)
+    text = render_comparison(models, base, cols, iteration) + f"\n![Held-out accuracy by model and decoding]({png})\n\n" \
         + f"_Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `selfimprove compare`._\n"
     path = out / "compare.md"
-    tmp = path.with_name(".compare.md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    figures = ", ".join(f"{a.label} {100 * a.eval['accuracy']:.1f}%" for a in ([base] if base else []) + arms)
+    atomic_write_bytes(path, text.encode())
+    figures = ", ".join(f"{a.label} {100 * a.eval['accuracy']:.1f}%" for a in models)
     summary("compare", f"{path} (greedy held-out accuracy: {figures})", started)
     return path
