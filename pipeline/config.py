@@ -493,7 +493,8 @@ class TrainConfig(Strict):
     )
     include_previous_exports: bool = Field(False, description="train on iterations 1..k's exports, not just k's")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="compute precision; weights stay float32. auto: bfloat16 autocast on a GPU that has it, else float32"
+        "auto", description="compute precision; weights stay float32. auto: bfloat16 autocast on a GPU that has it "
+        "and on a CPU with native bfloat16 (avx512_bf16, amx_bf16), else float32"
     )
     gradient_checkpointing: bool | None = Field(
         None, description="recompute activations to save memory; default: on a GPU, off on CPU (15% faster there)"

@@ -26,6 +26,23 @@ import warnings
 from pathlib import Path
 
 from selfimprove.pipeline.config import Config
+from selfimprove.pipeline.hardware import cpu_dtype
+
+
+def train_precision(setting: str) -> tuple[str, str]:
+    """(compute dtype, why) for `train.dtype`; the weights stay float32 either way (bfloat16 is autocast).
+
+    auto: bfloat16 on a GPU that has it, and on a CPU with native bfloat16 instructions (the rule
+    the sample stage uses, measured for training in docs/performance.md); float32 elsewhere."""
+    import torch
+
+    if setting != "auto":
+        return setting, "train.dtype"
+    if torch.cuda.is_available():
+        has = torch.cuda.is_bf16_supported()
+        return ("bfloat16" if has else "float32"), f"auto: this GPU {'has' if has else 'has no'} bfloat16"
+    dtype, why = cpu_dtype()
+    return dtype, f"auto: {why}"
 
 
 def _common_args(cfg: Config, work: Path, has_eval: bool) -> dict:
@@ -42,7 +59,7 @@ def _common_args(cfg: Config, work: Path, has_eval: bool) -> dict:
         gradient_accumulation_steps=t.gradient_accumulation,
         seed=t.seed,
         data_seed=t.seed,
-        bf16=t.dtype == "bfloat16" or (t.dtype == "auto" and cuda and torch.cuda.is_bf16_supported()),
+        bf16=train_precision(t.dtype)[0] == "bfloat16",
         use_cpu=not cuda,
         gradient_checkpointing=cuda if t.gradient_checkpointing is None else t.gradient_checkpointing,
         logging_steps=1,

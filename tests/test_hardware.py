@@ -26,3 +26,19 @@ def test_engine_dtype_auto_on_cpu_and_gpu_and_explicit():
     assert "auto:" in engine_dtype("auto", cpu=True)[1]
     assert engine_dtype("auto", cpu=False)[0] == "auto"  # vLLM's own: the model's dtype
     assert engine_dtype("float16", cpu=True) == ("float16", "model.dtype")
+
+
+def test_training_precision_follows_the_same_rule():
+    """train.dtype auto: bfloat16 autocast on a CPU with native bfloat16, float32 without; explicit wins."""
+    import torch
+
+    from selfimprove.pipeline.config import load_config
+    from selfimprove.pipeline.trainers import _common_args, train_precision
+
+    if not torch.cuda.is_available():
+        assert train_precision("auto") == (cpu_dtype()[0], f"auto: {cpu_dtype()[1]}")
+    assert train_precision("float32") == ("float32", "train.dtype")
+    for setting, bf16 in (("auto", train_precision("auto")[0] == "bfloat16"), ("float32", False), ("bfloat16", True)):
+        args = _common_args(load_config(None, [f"train.dtype={setting}"]), Path("unused"), has_eval=False)
+        assert args["bf16"] is bf16, setting
+

@@ -20,7 +20,9 @@ the generated tokens): for SFT labels are -100 on every prompt token, so only th
 its end-of-turn token are learned; DPO is given the same token ids. A row longer than
 `train.max_length` goes to _rejects (for GRPO: prompt plus max_completion_length): truncating it
 would teach the model never to stop. Weights stay float32 while training (bfloat16 weights would
-round small updates away) and are saved in the starting model's dtype.
+round small updates away) and are saved in the starting model's dtype; the compute runs in
+bfloat16 autocast where the hardware has native bfloat16 (`train.dtype: auto`, the sample
+stage's rule, pipeline/trainers.py), and the summary says which and why.
 
 `iter-k/model/` is an HF model directory (weights, config, tokenizer) that vLLM loads, plus
 `loss.json`, `loss.csv` and `loss.png` (DPO: also its reward margins and accuracies; GRPO: the
@@ -51,7 +53,8 @@ from selfimprove.pipeline.prompts import prompt_ids, raw_prompt, uses_chat_templ
 from selfimprove.pipeline.runs import model_fingerprint, model_for_iteration, starting_model, trained_model
 from selfimprove.pipeline.stages import open_writer, stage_dir, summary, up_to_date
 from selfimprove.pipeline.store import MANIFEST, SUCCESS, StageReader, StoreError, part_name, sha256
-from selfimprove.pipeline.trainers import build_dpo_trainer, build_grpo_trainer, build_trainer, grpo_generation
+from selfimprove.pipeline.trainers import (build_dpo_trainer, build_grpo_trainer, build_trainer, grpo_generation,
+                                         train_precision)
 from selfimprove.pipeline.verification import build_verifier, verifier_spec
 
 ROWS = pa.schema(
@@ -397,6 +400,7 @@ def _stats(cfg: Config, data: dict, curve: dict) -> dict:
     stats = {"method": cfg.train.method, "train_rows": len(data["train"]), "validation_rows": len(data["validation"]),
              "steps": len(losses), "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
              "eval_loss": [e["eval_loss"] for e in curve["eval"]]}
+    stats["precision"], stats["precision_why"] = train_precision(cfg.train.dtype)
     for m in ("rewards/margins", "rewards/accuracies", "reward"):
         values = [s[m] for s in steps if s.get(m) is not None]
         if values:
@@ -413,7 +417,8 @@ def _summary_text(cfg: Config, stats: dict, start: str) -> str:
         return f"{method}: 0 rows: the starting model {start}, unchanged"
     times = f"{cfg.train.grpo.num_generations} completions" if method == "grpo" else f"{cfg.train.epochs:g} epochs"
     text = (f"{method}: {n} {dict(sft='rows', dpo='pairs', grpo='prompts')[method]} x {times} from {start}: "
-            f"{stats['steps']} steps, loss {stats['first_loss']:.3f} -> {stats['last_loss']:.3f}")
+            f"{stats['steps']} steps in {stats['precision']} ({stats['precision_why']}), "
+            f"loss {stats['first_loss']:.3f} -> {stats['last_loss']:.3f}")
     for m, label in (("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"), ("reward", "mean reward")):
         if m in stats:
             text += f", {label} {stats[m]['first']:.3f} -> {stats[m]['last']:.3f}"
