@@ -2,7 +2,9 @@
 
 Each benchmark is a module `benchmarks/bench_<name>.py` with a docstring saying what it
 measures and `run() -> dict[str, float]` returning named figures. Figures from benchmarks not
-run this time are kept in results.json, each with the date it was measured.
+run this time are kept in results.json, each with the date it was measured and the machine it
+was measured on (CPU model, cores, native bfloat16 or not: a ratio measured on one CPU does not
+carry to another).
 
 `make bench` runs each benchmark in a process of its own: what one leaves behind (an in-process
 vLLM engine's threads and memory after the sample benchmark) must not slow the next one.
@@ -22,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import benchmarks
+from selfimprove.pipeline.hardware import describe_machine
 
 RESULTS = Path(__file__).with_name("results.json")
 
@@ -68,7 +71,7 @@ def run_one(name: str) -> bool:
     results = load_results()  # read now: another `make bench BENCH=...` may have written meanwhile
     for key, value in figures.items():
         results["figures"][key] = value
-        results["measured"][key] = {"benchmark": name, "at": stamp}
+        results["measured"][key] = {"benchmark": name, "at": stamp, "machine": describe_machine()}
     print(f"== {name} done in {time.time() - started:.0f} s", flush=True)
     tmp = RESULTS.with_name(f".{RESULTS.name}.{os.getpid()}")
     tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
@@ -81,7 +84,8 @@ def print_table(results: dict) -> None:
     if not figures:
         return
     width = max(map(len, figures))
-    print(f"\n{'figure':<{width}}  {'value':>12}  benchmark   measured")
+    print(f"\nthis machine: {describe_machine()}; each figure's own machine is in {RESULTS.name}")
+    print(f"{'figure':<{width}}  {'value':>12}  benchmark   measured")
     for key in sorted(figures):
         value = figures[key]
         text = f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -9,23 +9,41 @@ where the processor has native bfloat16 instructions.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags of native bfloat16 arithmetic (Linux names)
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags Linux reports (empty where /proc/cpuinfo is missing or unreadable)."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (empty where it is missing or unreadable)."""
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return frozenset()
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):  # x86, Arm
-            return frozenset(value.split())
-    return frozenset()
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports (empty where /proc/cpuinfo is missing or unreadable)."""
+    info = _cpuinfo()
+    return frozenset((info.get("flags") or info.get("Features") or "").split())  # x86, Arm
+
+
+def describe_machine(flags: frozenset[str] | None = None) -> str:
+    """One line naming what a measurement ran on: CPU model, cores, native bfloat16 or not.
+
+    Benchmarks record it beside every figure, since a figure measured on one CPU (bfloat16 1.5x
+    float32 with AVX-512 BF16, 4x slower without it) says nothing about another."""
+    found = native_bf16_flags(flags)
+    bf16 = f"native bfloat16 ({', '.join(found)})" if found else "no native bfloat16"
+    model = _cpuinfo().get("model name") or "unknown CPU"
+    return f"{model}, {len(os.sched_getaffinity(0))} cores, {bf16}"
 
 
 def native_bf16_flags(flags: frozenset[str] | None = None) -> list[str]:

@@ -42,3 +42,16 @@ def test_training_precision_follows_the_same_rule():
         args = _common_args(load_config(None, [f"train.dtype={setting}"]), Path("unused"), has_eval=False)
         assert args["bf16"] is bf16, setting
 
+
+def test_a_measurement_names_the_machine_it_ran_on():
+    """Benchmarks record this beside each figure: the CPU, its cores and whether bfloat16 is native."""
+    import os
+
+    from selfimprove.pipeline.hardware import describe_machine
+
+    assert describe_machine(frozenset({"avx2"})).endswith(f", {len(os.sched_getaffinity(0))} cores, no native bfloat16")
+    assert describe_machine(frozenset({"avx512_bf16", "amx_bf16"})).endswith("native bfloat16 (avx512_bf16, amx_bf16)")
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), None)
+    if model:
+        assert describe_machine().startswith(model + ", ")
