@@ -6,13 +6,16 @@ import pytest
 
 from selfimprove.pipeline.config import load_config
 from selfimprove.pipeline.stages import reader, stage_dir
+from selfimprove.pipeline.stages.export import trim_methods
+from selfimprove.verifiers.extract import trim_after_answer
 from tests.conftest import SHARED, selfimprove, write_config
 
 pytestmark = pytest.mark.engine
 
 
 def _check_export(cfg):
-    """Every exported row was verified correct; the export loads with `datasets` when it has rows.
+    """Every exported row was verified correct, its text as verified (cut after its final answer
+    where `export.trim_after_answer` is on); the export loads with `datasets` when it has rows.
 
     A 135M model can get nothing right on a handful of problems (often so on GSM8K); then the
     export must be empty, and say so, rather than invent rows.
@@ -27,10 +30,12 @@ def _check_export(cfg):
     ds = datasets.load_dataset(str(export))
     assert all({"prompt", "completion"} <= set(split.column_names) for split in ds.values())
     verdicts = {(r["problem_id"], r["sample_idx"]): r for r in reader(cfg, 1, "verify").read_all().to_pylist()}
+    methods = trim_methods(cfg)
     for split in ds.values():
         for row in split:
             v = verdicts[(row["problem_id"], row["sample_idx"])]
-            assert v["status"] == "correct" and row["completion"] == [{"role": "assistant", "content": v["text"]}]
+            text = trim_after_answer(v["text"], methods) if methods else v["text"]
+            assert v["status"] == "correct" and row["completion"] == [{"role": "assistant", "content": text}]
     assert sum(len(split) for split in ds.values()) == funnel["exported"]
     return funnel
 
