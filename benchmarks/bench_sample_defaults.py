@@ -17,12 +17,16 @@ Figures:
 - `engine_core_in_process_cost`: 1 - (bare vLLM at the stage's settings with the engine core in
   the caller's process / the same with it in its own process), alternated A B B A: the price of
   the in-process core the stage uses so seeded CPU runs repeat (docs/performance.md).
+- `sample_bfloat16_vs_float32_ratio`: bare vLLM at the stage's settings in bfloat16 / the same in
+  float32, alternated A B B A: the evidence, on the machine at hand, for `model.dtype: auto`
+  (bfloat16 only where the CPU has native bfloat16 instructions, pipeline/hardware.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +42,15 @@ def _side(side: str, base: Path, work: Path) -> dict:
     out = work / f"{side}-{time.monotonic_ns()}.json"
     env = dict(os.environ)
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_sample_defaults", side, str(base), str(out)], env=env)
+    # A session of its own, killed whole afterwards: an engine core in its own process outlives the
+    # side's os._exit and would hold ~3 GB and spin a little, slowing every later measurement.
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_sample_defaults", side, str(base), str(out)], env=env,
+                            start_new_session=True)
+    proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     if proc.returncode != 0 or not out.exists():
         raise RuntimeError(f"the {side} side failed (exit {proc.returncode})")
     return json.loads(out.read_text())
@@ -65,10 +77,12 @@ def run() -> dict[str, float]:
         prepare.run(bench_sample._config(base, "vllm", PROBLEMS), 1)
         main = _alternate("defaults", "stage", base, work)
         core = _alternate("ownproc", "inproc", base, work)
+        precision = _alternate("float32", "bfloat16", base, work)
     return {"sample_vs_vllm_defaults_ratio": main["stage"] / main["defaults"],
             "sample_stage_tokens_per_s": main["stage"],
             "vllm_defaults_tokens_per_s": main["defaults"],
-            "engine_core_in_process_cost": 1 - core["inproc"] / core["ownproc"]}
+            "engine_core_in_process_cost": 1 - core["inproc"] / core["ownproc"],
+            "sample_bfloat16_vs_float32_ratio": precision["bfloat16"] / precision["float32"]}
 
 
 # -- one side, in its own process -------------------------------------------------------------------
@@ -78,7 +92,7 @@ def _timed_side(side: str, base: Path) -> dict:
 
     cfg = bench_sample._config(base, "vllm", PROBLEMS)
     if is_cpu_build():
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if side in ("stage", "inproc") else "1"
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if side in ("defaults", "ownproc") else "0"
         _cpu_environment()  # what the CPU build needs (KV-cache size, all cores): every side alike
     if side == "stage":  # the stage itself, on an engine it loaded with its own settings
         bench_sample._shared = engine = VLLMEngine(cfg)
@@ -91,13 +105,15 @@ def _timed_side(side: str, base: Path) -> dict:
     from selfimprove.pipeline.model import resolve_model_path
 
     kwargs = {"model": resolve_model_path(cfg.model.path), "seed": cfg.run.seed} if side == "defaults" else llm_kwargs(cfg)
+    if side in ("float32", "bfloat16"):
+        kwargs["dtype"] = side
     llm = LLM(**kwargs)
     tokenizer_holder = type("Holder", (), {"tokenizer": llm.get_tokenizer()})()
     prompts, params = bench_sample._bare_inputs(tokenizer_holder, cfg)
     bench_sample._generate(llm, prompts[:8], params[:8])
     tokens, seconds = bench_sample._generate(llm, prompts, params)
     core = "own process" if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0" else "in process"
-    name = "vLLM defaults" if side == "defaults" else "bare, stage settings"
+    name = "vLLM defaults" if side == "defaults" else "bare, stage settings" + (f" but {side}" if side in ("float32", "bfloat16") else "")
     return {"tokens": tokens, "seconds": seconds, "setting": f"{name}, {llm.llm_engine.vllm_config.model_config.dtype}, core {core}"}
 
 
