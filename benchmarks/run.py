@@ -69,9 +69,10 @@ def run_one(name: str) -> bool:
         return False
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     results = load_results()  # read now: another `make bench BENCH=...` may have written meanwhile
+    machine = describe_machine()
     for key, value in figures.items():
         results["figures"][key] = value
-        results["measured"][key] = {"benchmark": name, "at": stamp, "machine": describe_machine()}
+        results["measured"][key] = {"benchmark": name, "at": stamp, "machine": machine}
     print(f"== {name} done in {time.time() - started:.0f} s", flush=True)
     tmp = RESULTS.with_name(f".{RESULTS.name}.{os.getpid()}")
     tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
