@@ -19,7 +19,7 @@ EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(EXTRA)
 MODEL := data/models/smollm2-135m-instruct/config.json
 
-.PHONY: setup run test bench prepare sample verify rationalize dedup export train evaluate iterate loop report status demo compare clean distclean
+.PHONY: setup run test bench prepare sample verify rationalize dedup export train evaluate iterate loop report status demo demo-hard compare clean distclean
 
 setup: $(STAMP) $(MODEL)
 
@@ -126,6 +126,15 @@ loop: setup
 # `make demo`: three iterations on configs/demo.yaml, shown to raise held-out accuracy (README).
 demo: setup
 	$(MAKE) --no-print-directory loop CONFIG=configs/demo.yaml ITERS=3
+
+# `make demo-hard`: the demo beside the same demo with difficulty-aware sampling (configs/demo-hard.yaml,
+# sample.until_correct prop2diff), three iterations each, then one comparison per iteration and per
+# difficulty bucket (steps=1, steps=2) with paired standard errors in data/runs/demo-hard-compare/.
+# Resumes like `make demo`, and reuses a finished `make demo`.
+demo-hard: setup
+	$(MAKE) --no-print-directory loop CONFIG=configs/demo.yaml ITERS=3
+	$(MAKE) --no-print-directory loop CONFIG=configs/demo-hard.yaml ITERS=3
+	$(SI) compare data/runs/demo data/runs/demo-hard --iter 1 2 3 --out data/runs/demo-hard-compare
 
 # `make compare`: the demo's iteration 1 trained three ways on the same samples (configs/compare-*.yaml):
 # SFT on the verified rationales, DPO on the preference pairs, GRPO with the verifier as reward, each

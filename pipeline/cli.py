@@ -165,14 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default 127.0.0.1; another one exposes an unauthenticated endpoint)")
     p.add_argument("--port", type=int, default=8100, help="port (default 8100; 0: any free port, printed)")
     p.add_argument("--verifier", default=None, help="a registered name or package.module:Class, instead of verify.verifier")
-    p = add("compare", help="one table and plot of several runs' iteration K against the base model (e.g. SFT vs DPO vs GRPO)",
-            description="Reads each run directory's iteration-K evaluation (eval.json and its rows) and train manifest, "
-                        "and the base model's evaluation (iteration 0 of the first run that has one); writes "
-                        "<out>/compare.md (method, rows, steps, train time, greedy accuracy, CoT-decoding, maj@k, pass@k, "
-                        "and each run's gain over the base model and over the first run with paired standard errors) "
-                        "and <out>/compare.png. `make compare` runs it on SFT, DPO and GRPO.")
+    p = add("compare", help="one table and plot of several runs' iterations against the base model (e.g. SFT vs DPO vs GRPO)",
+            description="Reads each run directory's evaluation (eval.json and its rows), sample, export and train "
+                        "manifests for each iteration given, and the base model's evaluation (iteration 0 of the first "
+                        "run that has one); writes <out>/compare.md (per iteration: method, samples drawn, rows, steps, "
+                        "train time, greedy accuracy, CoT-decoding, maj@k, pass@k, and each run's gain over the base "
+                        "model and over the first run with paired standard errors; per difficulty bucket the same gains "
+                        "on that bucket's problems), <out>/compare.png and, over several iterations or buckets, "
+                        "<out>/compare_curve.png. `make compare` runs it on SFT, DPO and GRPO; `make demo-hard` on the "
+                        "demo with and without difficulty-aware sampling.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (data/runs/<name>), the first is the reference")
-    p.add_argument("--iter", dest="iteration", type=int, default=1, help="the iteration to compare (default 1)")
+    p.add_argument("--iter", dest="iteration", type=int, nargs="+", default=[1],
+                   help="the iteration(s) to compare, e.g. --iter 1 2 3 (default 1)")
     p.add_argument("--out", default="data/runs/compare", help="where compare.md and compare.png go (default data/runs/compare)")
     p = add("model", help="prepare a model")
     p.add_argument("which", choices=["default"], help="default: convert the packaged SmolLM2-135M-Instruct once")

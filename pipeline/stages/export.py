@@ -479,16 +479,19 @@ def export_stats(cfg: Config, stages: dict, plan: Plan, rows: dict) -> dict:
 
 
 def by_difficulty(plan: Plan) -> dict:
-    """Per difficulty bucket: problems, sft rows exported, problems solved and mean pass rate in the first round."""
+    """Per difficulty bucket: problems, sft rows exported, problems solved (by the model's own samples,
+    in the first round and in any round) and the mean pass rate in the first round."""
     out: dict = {}
     for pid, label in plan.difficulty.items():
         if label is None:
             continue
-        b = out.setdefault(label, {"problems": 0, "exported": 0, "solved_first_round": 0, "first_round_pass_rate": 0.0})
+        b = out.setdefault(label, {"problems": 0, "exported": 0, "solved_first_round": 0, "solved": 0,
+                                   "first_round_pass_rate": 0.0})
         rate = plan.first_rates.get(pid) or 0.0
         b["problems"] += 1
         b["exported"] += plan.sft_rows.get(pid, 0)
         b["solved_first_round"] += rate > 0
+        b["solved"] += (plan.rates.get(pid) or 0.0) > 0
         b["first_round_pass_rate"] += rate
     for b in out.values():
         b["first_round_pass_rate"] = round(b["first_round_pass_rate"] / b["problems"], 4)

@@ -20,12 +20,13 @@ import json
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfimprove.pipeline.config import Config, load_config
 from selfimprove.pipeline.stages import reader, stage_dir, summary
 from selfimprove.pipeline.metrics import pass_at_k
+from selfimprove.pipeline.tasks import difficulty_of
 from selfimprove.pipeline.store import StoreError, atomic_write_bytes
 
 FUNNEL_STEPS = ["samples", "correct", "kept", "exported"]
@@ -320,10 +321,35 @@ class Arm:
     eval: dict
     solved: dict[str, bool]
     train: dict | None = None  # the train stage's manifest stats; None for the base model
+    bucket: dict[str, str] = field(default_factory=dict)  # held-out problem -> difficulty bucket (`steps=2`)
+    export: dict | None = None  # the export's stats.json (by_difficulty: what it trained on, per bucket)
+    drawn: dict | None = None  # samples drawn for training: first round, extra rounds (until_correct), hinted
 
     @property
     def method(self) -> str:
         return "" if self.train is None else self.train.get("method", "sft")
+
+
+def held_out_buckets(cfg: Config, k: int) -> dict[str, str]:
+    """Each held-out problem's difficulty bucket, from the metadata the evaluation rows carry."""
+    out: dict[str, str] = {}
+    for _, t in reader(cfg, k, "evaluate").iter_shards(columns=["problem_id", "metadata"]):
+        for pid, meta in zip(t["problem_id"].to_pylist(), t["metadata"].to_pylist()):
+            label = difficulty_of(json.loads(meta or "{}"))
+            if label:
+                out[pid] = label
+    return out
+
+
+def samples_drawn(cfg: Config, k: int) -> dict | None:
+    """What iteration k sampled to train on: the first round, until_correct's extra rounds, hinted samples."""
+    manifest = _json(stage_dir(cfg, k, "sample") / "_manifest.json")
+    if not manifest:
+        return None
+    budget = manifest.get("stats", {}).get("until_correct") or {}
+    hinted = _json(stage_dir(cfg, k, "rationalize") / "_manifest.json") or {}
+    return {"samples": manifest.get("rows", 0), "extra": budget.get("extra_samples", 0),
+            "hinted": hinted.get("rows", 0)}
 
 
 def load_arm(run: Path, iteration: int) -> Arm:
@@ -333,11 +359,13 @@ def load_arm(run: Path, iteration: int) -> Arm:
         raise StoreError(f"{run}: iteration {iteration} has no finished evaluation "
                          f"({stage_dir(cfg, iteration, 'evaluate')}); run `selfimprove evaluate --iter {iteration}` "
                          "(or `make iterate`) for that run first")
-    train = None
+    arm = Arm(run.name, *evaluated, bucket=held_out_buckets(cfg, iteration))
     if iteration > 0:
         manifest = stage_dir(cfg, iteration, "train") / "_manifest.json"
-        train = json.loads(manifest.read_text()).get("stats", {}) if manifest.exists() else {}
-    return Arm(run.name, *evaluated, train=train)
+        arm.train = json.loads(manifest.read_text()).get("stats", {}) if manifest.exists() else {}
+        arm.export = _json(stage_dir(cfg, iteration, "export") / "stats.json")
+        arm.drawn = samples_drawn(cfg, iteration)
+    return arm
 
 
 def base_arm(runs: list[Path]) -> Arm | None:
@@ -346,36 +374,50 @@ def base_arm(runs: list[Path]) -> Arm | None:
         cfg = load_config(None, [f"run.dir={run}"])
         evaluated = evaluation(cfg, 0)
         if evaluated:
-            return Arm("base model", *evaluated)
+            return Arm("base model", *evaluated, bucket=held_out_buckets(cfg, 0))
     return None
 
 
-def _gain(reference: Arm | None, arm: Arm) -> str:
+def _only(solved: dict[str, bool], arm: Arm, label: str | None) -> dict[str, bool]:
+    return solved if label is None else {p: c for p, c in solved.items() if arm.bucket.get(p) == label}
+
+
+def _gain(reference: Arm | None, arm: Arm, label: str | None = None) -> str:
+    """arm's gain over reference in points with its paired SE, on one bucket's problems or all."""
     if reference is None or reference is arm:
         return ""
-    g, s, n = paired_gain(reference.solved, arm.solved)
-    shared = "" if n == len(arm.solved) == len(reference.solved) else f" (n={n})"
+    theirs, ours = _only(reference.solved, reference, label), _only(arm.solved, arm, label)
+    g, s, n = paired_gain(theirs, ours)
+    shared = "" if n == len(ours) == len(theirs) else f" (n={n})"
     return f"{100 * g:+.1f} ± {100 * s:.1f}{shared}"
+
+
+def _drawn(arm: Arm) -> str:
+    d = arm.drawn
+    if not d:
+        return ""
+    parts = [f"{d['samples'] - d['extra']}"] + [f"{d['extra']} extra"] * bool(d["extra"]) + [f"{d['hinted']} hinted"] * bool(d["hinted"])
+    return " + ".join(parts)
 
 
 def _training(arm: Arm) -> str:
     t = arm.train
     if t is None:
-        return "(none) | | |"
+        return "(none) | | | |"
     if not t:
-        return "(no train manifest) | | |"
+        return f"(no train manifest) | {_drawn(arm)} | | |"
     runtime = t.get("train_runtime_s")
-    return (f"{arm.method}: {t.get('train_rows', '?')} {UNITS.get(arm.method, 'rows')} | {t.get('steps', '?')} | "
-            + (f"{runtime / 60:.0f} min |" if runtime else " |"))
+    return (f"{arm.method}: {t.get('train_rows', '?')} {UNITS.get(arm.method, 'rows')} | {_drawn(arm)} | "
+            f"{t.get('steps', '?')} | " + (f"{runtime / 60:.0f} min |" if runtime else " |"))
 
 
 def render_comparison(models: list[Arm], base: Arm | None, cols: list[tuple[str, str, int]], iteration: int) -> str:
     arms = [m for m in models if m is not base]
     first = arms[0]
-    lines = [f"# Comparison: iteration {iteration} of {', '.join(a.label for a in arms)}", "",
-             "| model | trained by | steps | train time | greedy | ± SE | vs base (paired SE) "
+    lines = [f"## Iteration {iteration}", "",
+             "| model | trained by | samples drawn | steps | train time | greedy | ± SE | vs base (paired SE) "
              f"| vs {first.label} (paired SE) |" + "".join(f" {c[0]} |" for c in cols),
-             "|---|---|---|---|---|---|---|---|" + "---|" * len(cols)]
+             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(cols)]
     for arm in models:
         e = arm.eval
         sampled = "".join(f" {100 * f[0]:.1f}% ± {100 * f[1]:.1f} |" if (f := figure(e, key, k)) else " |"
@@ -383,10 +425,76 @@ def render_comparison(models: list[Arm], base: Arm | None, cols: list[tuple[str,
         lines.append(f"| {arm.label} | {_training(arm)} {100 * e['accuracy']:.1f}% ({e['correct']}/{e['n']}) "
                      f"| {100 * e.get('stderr', 0):.1f} | {_gain(base, arm)} | {_gain(first, arm) if arm is not base else ''} |"
                      f"{sampled}")
-    lines += ["", "Gains are in points, on the held-out problems both models answered, with the standard error of "
-              "the per-problem differences; a gain is clear of noise when it exceeds twice its SE. Sampled figures "
-              "(CoT-decoding, maj@k, pass@k) have the standard error over problems.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + [""])
+
+
+def render_by_difficulty(per_iteration: dict[int, list[Arm]], base: Arm | None) -> list[str]:
+    """Per difficulty bucket and iteration: each model's held-out accuracy there, its paired gain over
+    the base model and over the first run on that bucket's problems, and what its run trained on."""
+    labels = sorted({label for arms in per_iteration.values() for a in arms for label in a.bucket.values()}
+                    | set((base.bucket if base else {}).values()))
+    if not labels:
+        return []
+    first = {k: arms[0] for k, arms in per_iteration.items()}
+    lines = ["## By difficulty", "",
+             "| bucket | iteration | model | held-out accuracy | ± SE | n | vs base (paired SE) | vs first run (paired SE) "
+             "| training problems solved by own samples | exported rows |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for label in labels:
+        rows = [(0, base)] if base else []
+        rows += [(k, a) for k in sorted(per_iteration) for a in per_iteration[k]]
+        for k, arm in rows:
+            mine = _only(arm.solved, arm, label)
+            if not mine:
+                continue
+            acc, se = rate_of(mine)
+            x = ((arm.export or {}).get("by_difficulty") or {}).get(label)
+            trained = (f"{x.get('solved', x['solved_first_round'])}/{x['problems']} | {x['exported']}" if x else " | ")
+            lines.append(f"| {label} | {k} | {arm.label} | {100 * acc:.1f}% | {100 * se:.1f} | {len(mine)} "
+                         f"| {_gain(base, arm, label) if k else ''} | {_gain(first[k], arm, label) if k else ''} | {trained} |")
+    lines += ["", "Paired gains are on the bucket's held-out problems both models answered. Training problems "
+              "solved: those of the bucket with at least one correct sample of the model's own (every round); "
+              "exported rows: the bucket's rows in that iteration's export (hinted rows included).", ""]
+    return lines
+
+
+def rate_of(solved: dict[str, bool]) -> tuple[float, float]:
+    """Accuracy and its binomial standard error."""
+    n = len(solved)
+    acc = sum(map(bool, solved.values())) / n
+    return acc, math.sqrt(acc * (1 - acc) / n)
+
+
+def plot_curves(per_iteration: dict[int, list[Arm]], base: Arm | None, out: Path) -> str:
+    """Held-out accuracy over the iterations, one line per run, one panel for all problems and one per bucket."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = sorted({label for arms in per_iteration.values() for a in arms for label in a.bucket.values()})
+    panels = [None] + labels
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False, sharey=True)
+    runs = list(dict.fromkeys(a.label for arms in per_iteration.values() for a in arms))
+    for ax, label in zip(axes[0], panels):
+        for i, run in enumerate(runs):
+            points = [(0, base)] if base else []
+            points += [(k, a) for k in sorted(per_iteration) for a in per_iteration[k] if a.label == run]
+            xs, ys, es = [], [], []
+            for k, arm in points:
+                mine = _only(arm.solved, arm, label)
+                if mine:
+                    acc, se = rate_of(mine)
+                    xs.append(k + 0.05 * (i - (len(runs) - 1) / 2))
+                    ys.append(100 * acc)
+                    es.append(200 * se)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=run)
+        ax.set(title=label or "all held-out problems", xlabel="iteration (0 = base model)",
+               xticks=sorted({0, *per_iteration}))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out greedy accuracy (%)")
+    axes[0][0].legend(fontsize="small")
+    return _save(fig, out, "compare_curve.png", "Held-out accuracy over the iterations (bars: 2 SE)")[0]
 
 
 def plot_comparison(models: list[Arm], cols: list[tuple[str, str, int]], out: Path) -> str:
@@ -415,20 +523,37 @@ def plot_comparison(models: list[Arm], cols: list[tuple[str, str, int]], out: Pa
     return _save(fig, out, "compare.png", "Held-out accuracy by model and decoding")[0]
 
 
-def compare(runs: list[Path], iteration: int, out: Path) -> Path:
+def compare(runs: list[Path], iterations: list[int], out: Path) -> Path:
     started = time.time()
-    if iteration < 0:
-        raise ValueError(f"--iter must be 0 or more, got {iteration}")
-    arms = [load_arm(Path(r), iteration) for r in runs]
-    base = base_arm([Path(r) for r in runs]) if iteration > 0 else None  # --iter 0: the runs' base models
-    models = ([base] if base else []) + arms
+    if not iterations or min(iterations) < 0:
+        raise ValueError(f"--iter takes iterations 0 or more, got {iterations}")
+    iterations = sorted(set(iterations))
+    per_iteration = {k: [load_arm(Path(r), k) for r in runs] for k in iterations}
+    base = base_arm([Path(r) for r in runs]) if iterations[-1] > 0 else None  # --iter 0: the runs' base models
+    last = iterations[-1]
+    models = ([base] if base and last else []) + per_iteration[last]
     cols = sampled_columns({i: a.eval for i, a in enumerate(models)})
     out.mkdir(parents=True, exist_ok=True)
     png = plot_comparison(models, cols, out)
-    text = render_comparison(models, base, cols, iteration) + f"\n![Held-out accuracy by model and decoding]({png})\n\n" \
-        + f"_Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `selfimprove compare`._\n"
+    trained = {k: arms for k, arms in per_iteration.items() if k > 0}
+    curve = plot_curves(trained, base, out) if len(trained) > 1 or any(a.bucket for arms in trained.values() for a in arms) else None
+    names = ", ".join(a.label for a in per_iteration[last])
+    lines = [f"# Comparison: {names}, iteration{'s' if len(iterations) > 1 else ''} {', '.join(map(str, iterations))}", ""]
+    for k in iterations:
+        models_k = ([base] if base and k else []) + per_iteration[k]
+        lines.append(render_comparison(models_k, base if k else None,
+                                       sampled_columns({i: a.eval for i, a in enumerate(models_k)}), k))
+    lines += ["Gains are in points, on the held-out problems both models answered, with the standard error of "
+              "the per-problem differences; a gain is clear of noise when it exceeds twice its SE. Samples drawn: "
+              "the first round + until_correct's extra rounds + hinted (rationalization) samples. Sampled figures "
+              "(CoT-decoding, maj@k, pass@k) have the standard error over problems.", "",
+              f"![Held-out accuracy by model and decoding, iteration {last}]({png})", ""]
+    lines += render_by_difficulty(trained, base)
+    if curve:
+        lines += [f"![Held-out accuracy over the iterations]({curve})", ""]
+    lines.append(f"_Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `selfimprove compare`._\n")
     path = out / "compare.md"
-    atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, "\n".join(lines).encode())
     figures = ", ".join(f"{a.label} {100 * a.eval['accuracy']:.1f}%" for a in models)
-    summary("compare", f"{path} (greedy held-out accuracy: {figures})", started)
+    summary("compare", f"{path} (greedy held-out accuracy, iteration {last}: {figures})", started)
     return path
