@@ -19,11 +19,18 @@ from selfimprove.pipeline.tasks import get_task
 from selfimprove.verifiers import Verdict, Verifier, VerifyPool, get_verifier
 from selfimprove.verifiers.base import MAX_ANSWER_CHARS
 from selfimprove.verifiers.compose import Composite
-from selfimprove.verifiers.extract import final_answer
+from selfimprove.verifiers.extract import METHODS, final_answer
 
 
 def verifier_spec(cfg: Config) -> str:
     return get_task(cfg.task).default_verifier if cfg.verify.verifier == "auto" else cfg.verify.verifier
+
+
+def trim_methods(cfg: Config) -> tuple[str, ...] | None:
+    """The extraction methods whose final-answer statement ends a trimmed text (the verifier's), or
+    None when `export.trim_after_answer` is off. Dedup cuts the kept rows with them and export the
+    rejected ones of a preference pair, so a pair never differs merely in trailing chatter."""
+    return tuple(cfg.verify.params.get("methods", METHODS)) if cfg.export.trim_after_answer else None
 
 
 def build_verifier(cfg: Config) -> Verifier:

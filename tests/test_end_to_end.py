@@ -6,7 +6,7 @@ import pytest
 
 from selfimprove.pipeline.config import load_config
 from selfimprove.pipeline.stages import reader, stage_dir
-from selfimprove.pipeline.stages.export import trim_methods
+from selfimprove.pipeline.verification import trim_methods
 from selfimprove.verifiers.extract import trim_after_answer
 from tests.conftest import SHARED, selfimprove, write_config
 

@@ -42,7 +42,8 @@ from selfimprove.pipeline.selection.rules import RULES, STEPS, Context, Selectio
 from selfimprove.pipeline.runs import OUTPUT, check, reader, stage_dir
 from selfimprove.pipeline.skeleton import MappedStage, ShardOutput, run_mapped
 from selfimprove.pipeline.store import SUCCESS, StageReader, atomic_write_json
-from selfimprove.verifiers.extract import METHODS, trim_after_answer
+from selfimprove.pipeline.verification import trim_methods
+from selfimprove.verifiers.extract import trim_after_answer
 
 __all__ = ["RULES", "STEPS", "Context", "Selection", "normalise", "run", "select", "select_rows"]
 
@@ -114,14 +115,6 @@ def _questions(problems: StageReader | None, name: str) -> dict[str, str] | None
         return None
     t = problems.read_shard(name, columns=["problem_id", "question"])
     return dict(zip(t.column("problem_id").to_pylist(), t.column("question").to_pylist()))
-
-
-def trim_methods(cfg: Config) -> tuple[str, ...] | None:
-    """The extraction methods whose final-answer statement ends a trimmed text (the verifier's),
-    or None when `export.trim_after_answer` is off."""
-    if not cfg.export.trim_after_answer:
-        return None
-    return tuple(cfg.verify.params.get("methods", METHODS))
 
 
 def trimmed(table: pa.Table, methods: tuple[str, ...]) -> pa.Table:

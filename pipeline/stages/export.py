@@ -38,8 +38,8 @@ from selfimprove.pipeline.runs import check, reader, stage_dir
 from selfimprove.pipeline.skeleton import MappedStage, ShardOutput, run_mapped
 from selfimprove.pipeline.store import atomic_write_bytes, atomic_write_json
 from selfimprove.pipeline.tasks import difficulty_of
-from selfimprove.pipeline.verification import verifier_spec
-from selfimprove.verifiers.extract import METHODS, trim_after_answer
+from selfimprove.pipeline.verification import trim_methods, verifier_spec
+from selfimprove.verifiers.extract import trim_after_answer
 
 SPLITS = schema.EXPORT_SPLITS
 CONFIGS = schema.EXPORT_CONFIGS
@@ -165,12 +165,6 @@ def pick_pairs(chosen: list[dict], samples: list[dict], cfg: Config, methods: tu
         if len(pairs) == limit:
             break
     return pairs
-
-
-def trim_methods(cfg: Config) -> tuple[str, ...] | None:
-    """Rejected samples are cut after their final answer like the chosen ones (dedup cut those),
-    so a pair never differs merely in trailing chatter."""
-    return tuple(cfg.verify.params.get("methods", METHODS)) if cfg.export.trim_after_answer else None
 
 
 # -- the two passes ---------------------------------------------------------------------------
