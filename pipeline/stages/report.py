@@ -9,9 +9,11 @@ table by difficulty bucket (`steps=2`, `level=Level 5`: `tasks.difficulty_of`) s
 iteration, held-out accuracy (eval.json's breakdown) beside the rows exported and the
 first-round pass rate of the training problems of that bucket (stats.json's `by_difficulty`).
 
-Across runs, `compare` (`selfimprove compare RUN_DIR... --iter K`, `make compare`) writes
-`<out>/compare.md` and `compare.png`: each run's iteration-K model beside the base model, how it
-trained, every decoding its evaluation has, and paired gains over the base model and the first run.
+Across runs, `compare` (`selfimprove compare RUN_DIR... --iter K [K ...]`, `make compare`,
+`make demo-hard`) writes `<out>/compare.md` and `compare.png`: per iteration, each run's model
+beside the base model, what it sampled and how it trained, every decoding its evaluation has, and
+paired gains over the base model and the first run; per difficulty bucket the same gains on that
+bucket's held-out problems, and `compare_curve.png`, accuracy over the iterations per bucket.
 """
 
 from __future__ import annotations
