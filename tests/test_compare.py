@@ -146,3 +146,15 @@ def test_compare_over_iterations_by_difficulty(tmp_path):
             assert (sum(b["solved"] - b["solved_first_round"] for b in export.values()) > 0) == (name == "hard")
     assert any(line.startswith("| steps=") and line.split(" | ")[7].strip() not in ("", "+0.0 ± 0.0")
                for line in text.splitlines()), "the runs must answer differently for the paired gains to be tested"
+
+
+def test_demo_hard_differs_from_the_demo_only_in_until_correct():
+    """`make demo-hard` reads its comparison as the effect of difficulty-aware sampling: sound only
+    while its config is the demo's in everything else."""
+    demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    hard = yaml.safe_load((ROOT / "configs" / "demo-hard.yaml").read_text())
+    until = hard["sample"].pop("until_correct")
+    assert until["enabled"] is True and "until_correct" not in demo["sample"]
+    assert hard == demo
+    cfg = load_config(ROOT / "configs" / "demo-hard.yaml")
+    assert cfg.sample.until_correct.max_samples == 2 * cfg.sample.n  # the README's stated budget
