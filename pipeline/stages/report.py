@@ -380,15 +380,16 @@ def base_arm(runs: list[Path]) -> Arm | None:
     return None
 
 
-def _only(solved: dict[str, bool], arm: Arm, label: str | None) -> dict[str, bool]:
-    return solved if label is None else {p: c for p, c in solved.items() if arm.bucket.get(p) == label}
+def _only(arm: Arm, label: str | None) -> dict[str, bool]:
+    """arm's held-out verdicts on one bucket's problems, or on all of them."""
+    return arm.solved if label is None else {p: c for p, c in arm.solved.items() if arm.bucket.get(p) == label}
 
 
 def _gain(reference: Arm | None, arm: Arm, label: str | None = None) -> str:
     """arm's gain over reference in points with its paired SE, on one bucket's problems or all."""
     if reference is None or reference is arm:
         return ""
-    theirs, ours = _only(reference.solved, reference, label), _only(arm.solved, arm, label)
+    theirs, ours = _only(reference, label), _only(arm, label)
     g, s, n = paired_gain(theirs, ours)
     shared = "" if n == len(ours) == len(theirs) else f" (n={n})"
     return f"{100 * g:+.1f} ± {100 * s:.1f}{shared}"
@@ -446,12 +447,12 @@ def render_by_difficulty(per_iteration: dict[int, list[Arm]], base: Arm | None) 
         rows = [(0, base)] if base else []
         rows += [(k, a) for k in sorted(per_iteration) for a in per_iteration[k]]
         for k, arm in rows:
-            mine = _only(arm.solved, arm, label)
+            mine = _only(arm, label)
             if not mine:
                 continue
             acc, se = rate_of(mine)
             x = ((arm.export or {}).get("by_difficulty") or {}).get(label)
-            trained = (f"{x.get('solved', x['solved_first_round'])}/{x['problems']} | {x['exported']}" if x else " | ")
+            trained = (f"{x.get('solved', '?')}/{x['problems']} | {x['exported']}" if x else " | ")
             lines.append(f"| {label} | {k} | {arm.label} | {100 * acc:.1f}% | {100 * se:.1f} | {len(mine)} "
                          f"| {_gain(base, arm, label) if k else ''} | {_gain(first[k], arm, label) if k else ''} | {trained} |")
     lines += ["", "Paired gains are on the bucket's held-out problems both models answered. Training problems "
@@ -484,7 +485,7 @@ def plot_curves(per_iteration: dict[int, list[Arm]], base: Arm | None, out: Path
             points += [(k, a) for k in sorted(per_iteration) for a in per_iteration[k] if a.label == run]
             xs, ys, es = [], [], []
             for k, arm in points:
-                mine = _only(arm.solved, arm, label)
+                mine = _only(arm, label)
                 if mine:
                     acc, se = rate_of(mine)
                     xs.append(k + 0.05 * (i - (len(runs) - 1) / 2))
