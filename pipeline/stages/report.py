@@ -47,15 +47,21 @@ def _json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def evaluation(cfg: Config, k: int) -> tuple[dict, dict[str, bool]] | None:
-    """Iteration k's finished evaluation: eval.json and whether each held-out problem was solved."""
+def evaluation(cfg: Config, k: int) -> tuple[dict, dict[str, bool], dict[str, str]] | None:
+    """Iteration k's finished evaluation: eval.json, whether each held-out problem was solved, and
+    each problem's difficulty bucket (`steps=2`) where its metadata has one; one read of the rows."""
     ev = stage_dir(cfg, k, "evaluate") / "eval.json"
     if not (ev.parent / "_SUCCESS").exists():
         return None
     solved: dict[str, bool] = {}
-    for _, t in reader(cfg, k, "evaluate").iter_shards(columns=["problem_id", "correct"]):
-        solved.update(zip(t["problem_id"].to_pylist(), t["correct"].to_pylist()))
-    return _json(ev), solved
+    bucket: dict[str, str] = {}
+    for _, t in reader(cfg, k, "evaluate").iter_shards(columns=["problem_id", "correct", "metadata"]):
+        for pid, correct, meta in zip(t["problem_id"].to_pylist(), t["correct"].to_pylist(), t["metadata"].to_pylist()):
+            solved[pid] = correct
+            label = difficulty_of(json.loads(meta or "{}"))
+            if label:
+                bucket[pid] = label
+    return _json(ev), solved, bucket
 
 
 def collect(cfg: Config) -> dict:
@@ -65,7 +71,7 @@ def collect(cfg: Config) -> dict:
         item: dict = {}
         evaluated = evaluation(cfg, k)
         if evaluated:
-            item["eval"], item["solved"] = evaluated
+            item["eval"], item["solved"], _ = evaluated
         export = stage_dir(cfg, k, "export")
         if (export / "_SUCCESS").exists():
             item["export"] = _json(export / "stats.json")
@@ -332,17 +338,6 @@ class Arm:
         return "" if self.train is None else self.train.get("method", "sft")
 
 
-def held_out_buckets(cfg: Config, k: int) -> dict[str, str]:
-    """Each held-out problem's difficulty bucket, from the metadata the evaluation rows carry."""
-    out: dict[str, str] = {}
-    for _, t in reader(cfg, k, "evaluate").iter_shards(columns=["problem_id", "metadata"]):
-        for pid, meta in zip(t["problem_id"].to_pylist(), t["metadata"].to_pylist()):
-            label = difficulty_of(json.loads(meta or "{}"))
-            if label:
-                out[pid] = label
-    return out
-
-
 def samples_drawn(cfg: Config, k: int) -> dict | None:
     """What iteration k sampled to train on: the first round, until_correct's extra rounds, hinted samples."""
     manifest = _json(stage_dir(cfg, k, "sample") / "_manifest.json")
@@ -361,7 +356,8 @@ def load_arm(run: Path, iteration: int) -> Arm:
         raise StoreError(f"{run}: iteration {iteration} has no finished evaluation "
                          f"({stage_dir(cfg, iteration, 'evaluate')}); run `selfimprove evaluate --iter {iteration}` "
                          "(or `make iterate`) for that run first")
-    arm = Arm(run.name, *evaluated, bucket=held_out_buckets(cfg, iteration))
+    ev, solved, bucket = evaluated
+    arm = Arm(run.name, ev, solved, bucket=bucket)
     if iteration > 0:
         manifest = stage_dir(cfg, iteration, "train") / "_manifest.json"
         arm.train = json.loads(manifest.read_text()).get("stats", {}) if manifest.exists() else {}
@@ -376,7 +372,8 @@ def base_arm(runs: list[Path]) -> Arm | None:
         cfg = load_config(None, [f"run.dir={run}"])
         evaluated = evaluation(cfg, 0)
         if evaluated:
-            return Arm("base model", *evaluated, bucket=held_out_buckets(cfg, 0))
+            ev, solved, bucket = evaluated
+            return Arm("base model", ev, solved, bucket=bucket)
     return None
 
 
@@ -431,11 +428,16 @@ def render_comparison(models: list[Arm], base: Arm | None, cols: list[tuple[str,
     return "\n".join(lines + [""])
 
 
+def bucket_labels(per_iteration: dict[int, list[Arm]], base: Arm | None) -> list[str]:
+    """Every difficulty bucket the models' held-out problems fall in, sorted."""
+    arms = [a for arms in per_iteration.values() for a in arms] + ([base] if base else [])
+    return sorted({label for a in arms for label in a.bucket.values()})
+
+
 def render_by_difficulty(per_iteration: dict[int, list[Arm]], base: Arm | None) -> list[str]:
     """Per difficulty bucket and iteration: each model's held-out accuracy there, its paired gain over
     the base model and over the first run on that bucket's problems, and what its run trained on."""
-    labels = sorted({label for arms in per_iteration.values() for a in arms for label in a.bucket.values()}
-                    | set((base.bucket if base else {}).values()))
+    labels = bucket_labels(per_iteration, base)
     if not labels:
         return []
     first = {k: arms[0] for k, arms in per_iteration.items()}
@@ -475,8 +477,7 @@ def plot_curves(per_iteration: dict[int, list[Arm]], base: Arm | None, out: Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = sorted({label for arms in per_iteration.values() for a in arms for label in a.bucket.values()})
-    panels = [None] + labels
+    panels = [None] + bucket_labels(per_iteration, None)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False, sharey=True)
     runs = list(dict.fromkeys(a.label for arms in per_iteration.values() for a in arms))
     for ax, label in zip(axes[0], panels):
