@@ -541,7 +541,8 @@ def print_funnel(manifest: dict) -> None:
               f" {extra['problems']} problems; {b.get('reached_target', '?')} problems reached their target,"
               f" {b.get('at_budget', '?')} stopped at the budget)")
     if f.get("rationalized_over_share"):
-        print(f"  ({f['rationalized_over_share']} rationalizations left out by rationalize.max_share)")
+        over = f["rationalized_over_share"]
+        print(f"  ({over} rationalization{'s' if over != 1 else ''} left out by rationalize.max_share)")
     if f["rejected_inputs"]:
         print(f"  ({f['rejected_inputs']} input rows rejected: see problems/_rejects.parquet)")
     configs = manifest["stats"].get("configs")
